@@ -1,0 +1,51 @@
+"""What a run leaves in its directory besides checkpoints: history, config and figures."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from alexnet_jax import plots
+
+HISTORY = "metrics.jsonl"
+CONFIG = "config.json"
+SAMPLES_SHOWN = 32
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl (one row per epoch) and the loss/accuracy curves, rewritten whole."""
+    _write_atomic(run_dir / HISTORY, "".join(json.dumps(row) + "\n" for row in history))
+    name = run_dir.name
+    plots.plot_curves(history, run_dir / f"{name}_loss.png", name)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / HISTORY
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_config(run_dir: Path, config) -> None:
+    _write_atomic(run_dir / CONFIG, config.to_json(indent=2) + "\n")
+
+
+def write_evaluation(run_dir: Path, images: np.ndarray, result, class_names) -> None:
+    """The sample grid (true / predicted) and the confusion matrix of a final evaluation."""
+    name = run_dir.name
+    shown = slice(0, SAMPLES_SHOWN)
+    plots.plot_samples(
+        images[shown],
+        result.labels[shown],
+        result.predictions[shown],
+        class_names,
+        run_dir / f"{name}.png",
+    )
+    plots.plot_confusion(result.confusion, class_names, run_dir / f"{name}_confusion.png", name)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Write beside and rename, so that a crash leaves the old file or the new one, never half.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)

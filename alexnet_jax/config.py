@@ -1,0 +1,153 @@
+"""Training configuration: defaults, experiment files, command-line overrides and validation.
+
+An experiment is a Python file with `get_config()` returning an `ml_collections.ConfigDict`
+(see `experiments/`). Any field can be overridden with `--config.FIELD=VALUE`.
+"""
+
+import ast
+import difflib
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+from ml_collections import config_dict
+
+from alexnet_jax.data import DATASETS
+from alexnet_jax.errors import UserError
+from alexnet_jax.model import MIN_IMAGE_SIZE
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with the plain recipe's values."""
+    c = ml_collections.ConfigDict()
+    c.dataset = "cifar10"
+    c.data_dir = config_dict.placeholder(str)  # None: TFDS's default ($TFDS_DATA_DIR)
+    c.download = True  # prepare the dataset when it is absent (needs network and TensorFlow)
+    c.train_examples = 0  # use only the first N training images; 0: all
+    c.validation_examples = 0  # hold out the last N training images and evaluate on them
+    c.image_size = 224  # the seed resizes every image to 224x224
+    c.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU; or name one
+    c.seed = 0
+
+    c.num_epochs = 30
+    c.batch_size = 512  # global, split over all devices
+    c.eval_batch_size = 1000
+    c.optimizer = "sgd"  # sgd (with momentum) | adamw
+    c.learning_rate = 0.04  # peak of the schedule
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 5e-4  # on conv and dense kernels only
+    c.schedule = "warmup_cosine"  # warmup_cosine | constant
+    c.warmup_epochs = 1.0
+    c.label_smoothing = 0.1
+    c.dropout_rate = 0.5
+
+    c.crop_padding = 4  # random crop of the source image after zero-padding; 0: off
+    c.flip = True  # random horizontal flips
+    c.eval_flip = False  # average the predictions of an image and its mirror at test time
+
+    c.keep_checkpoints = 3  # the last N epochs; the best by test accuracy is kept as well
+    c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
+    return c
+
+
+# Fields that may change when a run resumes: they do not alter what has been computed.
+RESUMABLE_CHANGES = frozenset(
+    {"data_dir", "download", "num_epochs", "keep_checkpoints", "log_every", "eval_batch_size"}
+)
+
+CHOICES = {
+    "dataset": tuple(sorted(DATASETS)),
+    "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("warmup_cosine", "constant"),
+}
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """Run `get_config()` of an experiment file, on top of `default_config()`."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path} does not exist: pass e.g. experiments/cifar10.py")
+    module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path} has no get_config() function")
+    return module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """Apply `FIELD=VALUE` strings, parsed by the field's type; unknown fields are an error."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise UserError(f"override {override!r} needs a value: write --config.{key}=VALUE")
+        if key not in config:
+            close = difflib.get_close_matches(key, list(config.keys()), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"fields: {', '.join(config.keys())}"
+            raise UserError(f"unknown config field {key!r}: {hint}")
+        kind = config.get_type(key)
+        try:
+            config[key] = _parse(text, kind)
+        except (ValueError, TypeError) as e:
+            raise UserError(
+                f"--config.{key}={text}: expected {kind.__name__}, as in the default "
+                f"{config[key]!r}"
+            ) from e
+
+
+def _parse(text: str, kind: type):
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(text)
+    if kind is str:
+        return text
+    if kind in (int, float):
+        return kind(text)
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check every field up front; the first problem is raised as one UserError line."""
+    unknown = set(config.keys()) - set(default_config().keys())
+    if unknown:
+        raise UserError(f"unknown config fields {sorted(unknown)}: remove them from the config")
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise UserError(f"{key}={config[key]!r} is not one of {', '.join(choices)}")
+    for key, low in {
+        "num_epochs": 1,
+        "batch_size": 1,
+        "eval_batch_size": 1,
+        "keep_checkpoints": 1,
+        "log_every": 1,
+        "train_examples": 0,
+        "validation_examples": 0,
+        "crop_padding": 0,
+        "learning_rate": 0.0,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.0,
+        "dropout_rate": 0.0,
+    }.items():
+        if config[key] < low:
+            raise UserError(f"{key}={config[key]} must be at least {low}")
+    for key in ("label_smoothing", "dropout_rate", "momentum"):
+        if config[key] >= 1:
+            raise UserError(f"{key}={config[key]} must be below 1")
+    if config.image_size < MIN_IMAGE_SIZE:
+        raise UserError(
+            f"image_size={config.image_size} is too small: AlexNet needs at least {MIN_IMAGE_SIZE}"
+        )

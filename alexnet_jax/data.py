@@ -1,0 +1,193 @@
+"""MNIST and CIFAR-10 from tensorflow-datasets, loaded once as uint8 arrays."""
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm.auto import tqdm
+
+from alexnet_jax.errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the trainer needs to know of a dataset before reading it."""
+
+    version: str  # pinned so that another TFDS release never silently picks another version
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]  # per-channel, of the training images scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+DATASETS = {
+    "mnist": DatasetSpec("3.0.1", (28, 28, 1), (0.1307,), (0.3081,)),
+    "cifar10": DatasetSpec(
+        "3.0.2", (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+}
+
+
+def spec(name: str) -> DatasetSpec:
+    """The spec of a supported dataset, or a UserError naming the choices."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def default_data_dir() -> str:
+    """TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return tfds.core.constants.get_default_data_dir()
+
+
+def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """Read the train and test splits of `name` from a TFDS data dir, preparing them if absent.
+
+    Reading needs no TensorFlow (ArrayRecord via `tfds.data_source`); preparing does.
+    """
+    data_dir = str(Path(data_dir or default_data_dir()).expanduser())
+    builder = _prepared_builder(name, data_dir, download)
+    class_names = tuple(builder.info.features["label"].names)
+    splits = {
+        split: _read_split(builder, split, data_dir, builder.info.splits[split].num_examples)
+        for split in ("train", "test")
+    }
+    return Dataset(name, splits["train"], splits["test"], class_names)
+
+
+def _prepared_builder(name: str, data_dir: str, download: bool):
+    versioned = f"{name}:{spec(name).version}"
+    try:
+        builder = tfds.builder(versioned, data_dir=data_dir, file_format="array_record")
+    except Exception as e:  # TFDS raises many kinds here (bad JSON, unreadable dir, ...)
+        raise UserError(
+            f"cannot open {versioned} in {data_dir}: {_first_line(e)}; "
+            "delete that dataset folder and prepare it again, or pass --data-dir to a good copy"
+        ) from e
+    if builder.is_prepared():
+        return builder
+    where = f"{versioned} is not prepared in {data_dir}"
+    if not download:
+        raise UserError(f"{where}: pass --data-dir to a prepared copy (or allow the download)")
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UserError(
+            f"{where} and preparing it needs TensorFlow: run `make prepare-data` "
+            "(installs the `prepare` extra), or pass --data-dir to a prepared copy"
+        )
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        raise UserError(
+            f"{where} and downloading it failed ({_first_line(e)}); on an offline machine "
+            "pass --data-dir to a prepared copy"
+        ) from e
+    return builder
+
+
+def _read_split(builder, split: str, data_dir: str, expected: int) -> Split:
+    versioned = f"{builder.name}:{builder.version}"
+    files = f"{builder.data_path}/{builder.name}-{split}.array_record-*"
+    try:
+        source = tfds.data_source(versioned, data_dir=data_dir, download=False)[split]
+        images = np.empty((len(source), *spec(builder.name).image_shape), np.uint8)
+        labels = np.empty((len(source),), np.int32)
+        ids = []
+        chunk = 5000
+        for start in tqdm(
+            range(0, len(source), chunk), desc=f"reading {builder.name} {split}", leave=False
+        ):
+            items = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
+            for i, item in enumerate(items, start):
+                images[i] = item["image"]
+                labels[i] = item["label"]
+                if "id" in item:
+                    ids.append(item["id"])
+    except Exception as e:  # ArrayRecord/Riegeli and the PNG decoder raise various types
+        raise UserError(
+            f"the record file {files} is corrupted or truncated ({_first_line(e)}): "
+            f"delete {builder.data_path} and prepare it again, or pass --data-dir to a good copy"
+        ) from e
+    if ids:  # TFDS shuffles CIFAR-10 when preparing; its ids give back the original order
+        order = np.argsort(np.asarray(ids))
+        images, labels = images[order], labels[order]
+    if len(labels) != expected:
+        raise UserError(
+            f"{files} holds {len(labels)} {split} examples where {expected} were expected: "
+            f"delete {builder.data_path} and prepare it again"
+        )
+    return Split(images, labels)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+def synthetic_dataset(
+    name: str = "mnist", train_size: int = 256, test_size: int = 128, seed: int = 0
+) -> Dataset:
+    """A learnable stand-in with a real dataset's shapes: the class sets a bright stripe's row.
+
+    For tests and `--synthetic` smoke runs; never used in place of real data silently.
+    """
+    shape = spec(name).image_shape
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        images = rng.integers(0, 60, (n, *shape)).astype(np.uint8)
+        rows = (labels * shape[0]) // 10
+        for i, row in enumerate(rows):
+            images[i, row : row + 2] = 255
+        return Split(images, labels)
+
+    return Dataset(name, make(train_size), make(test_size), tuple(f"class {i}" for i in range(10)))
+
+
+def main(argv=None):
+    """`python -m alexnet_jax.data mnist cifar10 [--data-dir DIR]`: prepare and check datasets."""
+    import argparse
+
+    from alexnet_jax.errors import cli
+
+    parser = argparse.ArgumentParser(description="Download, prepare and check datasets.")
+    parser.add_argument("datasets", nargs="+", metavar="DATASET", help="mnist and/or cifar10")
+    parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
+    args = parser.parse_args(argv)
+
+    @cli
+    def run():
+        for name in args.datasets:
+            dataset = load_dataset(name, args.data_dir)
+            print(
+                f"{name}:{spec(name).version} in {args.data_dir or default_data_dir()}: "
+                f"{len(dataset.train)} train, {len(dataset.test)} test images"
+            )
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""User-facing errors: one line saying what is wrong and what to do."""
+
+import functools
+import sys
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad option, missing data, bad checkpoint): one line."""
+
+
+def cli(main):
+    """Wrap an entry point so that a UserError prints `error: ...` and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

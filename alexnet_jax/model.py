@@ -1,0 +1,114 @@
+"""The seed project's AlexNet as a Flax linen module, layer for layer."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Keras defaults, which the seed model uses: glorot-uniform kernels, zero biases, and
+# BatchNormalization(momentum=0.99, epsilon=1e-3).
+KERNEL_INIT = nn.initializers.glorot_uniform()
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+
+# Smallest square input for which the three 3x3/2 poolings still leave one pixel.
+MIN_IMAGE_SIZE = 67
+
+# The seed's Keras Sequential, row by row: (Keras layer name, kind, arguments). ReLU sits inside
+# each convolution and hidden dense layer, before the BatchNorm, as in the seed's
+# `Conv2D(..., activation='relu')` followed by `BatchNormalization()`.
+LAYERS = (
+    ("conv2d", "conv", dict(features=96, kernel=11, strides=4, padding="VALID")),
+    ("batch_normalization", "norm", {}),
+    ("max_pooling2d", "pool", {}),
+    ("conv2d_1", "conv", dict(features=256, kernel=5)),
+    ("batch_normalization_1", "norm", {}),
+    ("max_pooling2d_1", "pool", {}),
+    ("conv2d_2", "conv", dict(features=384, kernel=3)),
+    ("batch_normalization_2", "norm", {}),
+    ("conv2d_3", "conv", dict(features=384, kernel=3)),
+    ("batch_normalization_3", "norm", {}),
+    ("conv2d_4", "conv", dict(features=256, kernel=3)),
+    ("batch_normalization_4", "norm", {}),
+    ("max_pooling2d_2", "pool", {}),
+    ("flatten", "flatten", {}),
+    ("dense", "dense", dict(features=4096)),
+    ("dropout", "dropout", {}),
+    ("dense_1", "dense", dict(features=4096)),
+    ("dropout_1", "dropout", {}),
+    ("dense_2", "logits", {}),
+)
+
+# Every layer's output is sown here, in `LAYERS` order, for the summary. Flax's `init` and
+# `apply` leave the "intermediates" collection out unless asked, so training never pays for it.
+LAYER_OUTPUTS = "intermediates"
+
+
+def feature_size(image_size: int) -> int:
+    """Side of the last pooled feature map for a square input of `image_size` pixels."""
+    size = (image_size - 11) // 4 + 1  # conv 11x11 / 4, valid
+    for _ in range(3):  # max-pool 3x3 / 2, valid; the convolutions between keep the size
+        size = (size - 3) // 2 + 1
+    return size
+
+
+class AlexNet(nn.Module):
+    """The seed's AlexNet: 5 conv + BN, 3 overlapping max-pools, 2 x 4096 dense, 10 outputs.
+
+    Parameters carry the seed's Keras layer names (conv2d, batch_normalization, ..., dense_2).
+
+    Attributes:
+      num_classes: outputs of the last dense layer.
+      dropout_rate: dropout after each 4096-unit layer.
+      dtype: compute dtype (bfloat16 for mixed precision); parameters stay `param_dtype`.
+      axis_name: mapped axis over which BatchNorm statistics are averaged (data parallelism).
+    """
+
+    num_classes: int = 10
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if x.shape[1] < MIN_IMAGE_SIZE or x.shape[2] < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"input {x.shape[1]}x{x.shape[2]} is too small for AlexNet: "
+                f"use an image size of at least {MIN_IMAGE_SIZE}"
+            )
+        x = x.astype(self.dtype)
+        for name, kind, args in LAYERS:
+            x = self._layer(name, kind, train, **args)(x)
+            self.sow(LAYER_OUTPUTS, "outputs", x)
+        return x
+
+    def _layer(self, name, kind, train, features=None, kernel=None, strides=1, padding="SAME"):
+        precision = dict(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        if kind == "conv":
+            conv = nn.Conv(
+                features, (kernel, kernel), strides, padding, kernel_init=KERNEL_INIT, **precision
+            )
+            return lambda y: nn.relu(conv(y))
+        if kind == "norm":
+            return nn.BatchNorm(
+                use_running_average=not train,
+                momentum=BN_MOMENTUM,
+                epsilon=BN_EPSILON,
+                axis_name=self.axis_name if train else None,
+                **precision,
+            )
+        if kind == "pool":
+            return lambda y: nn.max_pool(y, (3, 3), strides=(2, 2), padding="VALID")
+        if kind == "flatten":
+            return lambda y: y.reshape((y.shape[0], -1))
+        if kind == "dense":
+            dense = nn.Dense(features, kernel_init=KERNEL_INIT, **precision)
+            return lambda y: nn.relu(dense(y))
+        if kind == "dropout":
+            return nn.Dropout(self.dropout_rate, deterministic=not train, name=name)
+        if kind == "logits":
+            dense = nn.Dense(self.num_classes, kernel_init=KERNEL_INIT, **precision)
+            # Logits leave in float32 so softmax and loss keep full precision under bf16 compute.
+            return lambda y: dense(y).astype(jnp.float32)
+        raise ValueError(f"unknown layer kind {kind!r}")

@@ -1,0 +1,46 @@
+"""On-device input pipeline: augmentation, resize to the model's size and normalisation.
+
+Everything here is batched array math meant to run inside the jitted step; random choices are
+drawn per example from keys derived from the example's position in the global batch, so that
+the result does not depend on how the batch is split over devices.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def example_keys(rng: jax.Array, first_index: jax.Array, count: int) -> jax.Array:
+    """One key per example, for global batch positions first_index .. first_index + count - 1."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, first_index + jnp.arange(count))
+
+
+def augment(images: jax.Array, keys: jax.Array, padding: int, flip: bool) -> jax.Array:
+    """Random crop after zero-padding by `padding` pixels, and random horizontal flip.
+
+    Args:
+      images: uint8 [B, H, W, C] source images.
+      keys: [B] PRNG keys, one per image.
+    """
+    if padding == 0 and not flip:
+        return images
+    height, width = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def one(image, key):
+        crop_key, flip_key = jax.random.split(key)
+        dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
+        image = jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, image.shape[-1]))
+        if flip:
+            image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+        return image
+
+    return jax.vmap(one)(padded, keys)
+
+
+def to_model_input(images: jax.Array, image_size: int, mean, std, dtype=jnp.float32) -> jax.Array:
+    """uint8 [B, h, w, C] -> normalised `dtype` [B, image_size, image_size, C], bilinear resize."""
+    x = images.astype(jnp.float32) * (1 / 255)
+    if x.shape[1:3] != (image_size, image_size):
+        x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x.astype(dtype)

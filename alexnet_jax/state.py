@@ -1,0 +1,76 @@
+"""The training state (parameters, BatchNorm statistics, optimiser, step, rng) and its optimiser."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from alexnet_jax.data import spec
+from alexnet_jax.model import AlexNet
+from alexnet_jax.parallel import DATA_AXIS
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus what the seed's BatchNorm layers and our rngs need."""
+
+    batch_stats: Any
+    rng: jax.Array  # raw uint32 key data, so that a checkpoint holds plain arrays
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """The dtype of activations: `auto` is bfloat16 on accelerators, float32 on the CPU."""
+    if config.compute_dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(config.compute_dtype)
+
+
+def make_model(config: ml_collections.ConfigDict, num_classes: int = 10) -> AlexNet:
+    return AlexNet(
+        num_classes=num_classes,
+        dropout_rate=config.dropout_rate,
+        dtype=compute_dtype(config),
+        axis_name=DATA_AXIS,
+    )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+    if config.schedule == "constant":
+        return optax.constant_schedule(config.learning_rate)
+    total = config.num_epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, 0.0)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+    """The optax optimiser of the config; weight decay applies to kernels, not biases or BN."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=kernels_only)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=kernels_only),
+        optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov),
+    )
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, num_classes: int = 10
+) -> TrainState:
+    """Fresh parameters for the config's dataset and image size, seeded by `config.seed`."""
+    model = make_model(config, num_classes)
+    channels = spec(config.dataset).image_shape[-1]
+    init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    dummy = jnp.zeros((1, config.image_size, config.image_size, channels), jnp.float32)
+    variables = jax.jit(lambda rng: model.init(rng, dummy, train=False))(init_rng)
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=make_optimizer(config, steps_per_epoch),
+        rng=run_rng,
+    )
+    # An array step (not Python's 0) so that checkpoints and donated buffers treat it like the rest.
+    return state.replace(step=jnp.zeros((), jnp.int32))

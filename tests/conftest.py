@@ -1,0 +1,64 @@
+"""Shared test set-up: two host CPU devices, tiny configs and the prepared datasets."""
+
+import os
+
+# Two CPU devices for the data-parallel tests; must be set before JAX is imported.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+).strip()
+
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from alexnet_jax.config import default_config  # noqa: E402
+from alexnet_jax.data import load_dataset, synthetic_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TFDS = Path(os.environ.get("ALEXNET_JAX_TEST_DATA_DIR", ROOT.parent / "shared" / "tfds"))
+
+
+def tiny_config(**overrides):
+    """The smallest config that still runs the whole layer stack: 67x67 input, few images."""
+    config = default_config()
+    config.update(
+        dataset="mnist",
+        image_size=67,
+        compute_dtype="float32",
+        num_epochs=2,
+        batch_size=16,
+        eval_batch_size=32,
+        learning_rate=0.01,
+        warmup_epochs=0.0,
+        dropout_rate=0.0,
+        crop_padding=2,
+        flip=False,
+        log_every=2,
+    )
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def tiny_dataset():
+    return synthetic_dataset("mnist", train_size=64, test_size=32)
+
+
+@pytest.fixture(scope="session")
+def shared_tfds() -> Path:
+    if not (SHARED_TFDS / "mnist").is_dir():
+        pytest.skip(f"no prepared datasets at {SHARED_TFDS}")
+    return SHARED_TFDS
+
+
+@pytest.fixture(scope="session")
+def mnist(shared_tfds):
+    return load_dataset("mnist", str(shared_tfds), download=False)
+
+
+@pytest.fixture(scope="session")
+def cpu_devices():
+    devices = jax.devices("cpu")
+    assert len(devices) >= 2, "conftest asks XLA for two host devices"
+    return devices

@@ -1,0 +1,76 @@
+import pytest
+
+from alexnet_jax.config import apply_overrides, default_config, load_config, validate
+from alexnet_jax.errors import UserError
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "quick"])
+def test_experiment_files_load_and_validate(name):
+    config = load_config(ROOT / "experiments" / f"{name}.py")
+    validate(config)
+    assert config.dataset in ("mnist", "cifar10")
+
+
+def test_seed_faithful_configs_use_224_and_all_data():
+    for name in ("mnist", "cifar10"):
+        config = load_config(ROOT / "experiments" / f"{name}.py")
+        assert config.image_size == 224
+        assert config.train_examples == 0 and config.validation_examples == 0
+        assert config.dataset == name
+    assert load_config(ROOT / "experiments" / "mnist.py").flip is False
+
+
+def test_overrides_are_parsed_by_field_type():
+    config = default_config()
+    apply_overrides(
+        config,
+        ["batch_size=64", "learning_rate=1e-3", "flip=false", "dataset=mnist", "data_dir=/x"],
+    )
+    assert config.batch_size == 64 and isinstance(config.batch_size, int)
+    assert config.learning_rate == pytest.approx(1e-3)
+    assert config.flip is False
+    assert config.dataset == "mnist"
+    assert config.data_dir == "/x"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("batch_sise=3", "did you mean batch_size"),
+        ("batch_size=abc", "expected int"),
+        ("flip=maybe", "expected bool"),
+        ("batch_size", "needs a value"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(override, message):
+    with pytest.raises(UserError, match=message):
+        apply_overrides(default_config(), [override])
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 0, "batch_size=0 must be at least 1"),
+        ("learning_rate", -0.1, "learning_rate=-0.1 must be at least 0"),
+        ("image_size", 66, "image_size=66 is too small"),
+        ("dataset", "imagenet", "dataset='imagenet' is not one of"),
+        ("dropout_rate", 1.0, "must be below 1"),
+        ("optimizer", "lion", "optimizer='lion' is not one of"),
+    ],
+)
+def test_validation_rejects_out_of_range_values(field, value, message):
+    config = default_config()
+    config[field] = value
+    with pytest.raises(UserError, match=message):
+        validate(config)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def nothing(): pass\n")
+    with pytest.raises(UserError, match="no get_config"):
+        load_config(broken)

@@ -1,0 +1,97 @@
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from alexnet_jax import data
+from alexnet_jax.data import load_dataset
+from alexnet_jax.errors import UserError
+
+# sha256 of the decoded test splits (images then uint8 labels), from ../shared/tfds/README.md.
+TEST_SPLIT_SHA256 = {
+    "mnist": "bf70cada31279c1e952492c5ac496fe89dae2242110d9e77827607cd9b2e825f",
+    "cifar10": "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa",
+}
+
+
+def split_sha256(split):
+    digest = hashlib.sha256(split.images.tobytes())
+    digest.update(split.labels.astype(np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def test_mnist_is_read_exactly(mnist):
+    assert mnist.train.images.shape == (60000, 28, 28, 1)
+    assert mnist.train.images.dtype == np.uint8
+    assert split_sha256(mnist.test) == TEST_SPLIT_SHA256["mnist"]
+    assert mnist.class_names == tuple(str(i) for i in range(10))
+
+
+def test_cifar10_test_split_is_read_exactly(shared_tfds):
+    dataset = load_dataset("cifar10", str(shared_tfds), download=False)
+    assert dataset.train.images.shape == (50000, 32, 32, 3)
+    assert split_sha256(dataset.test) == TEST_SPLIT_SHA256["cifar10"]
+    assert list(dataset.test.labels[:10]) == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert dataset.class_names[0] == "airplane"
+
+
+def test_tfds_data_dir_variable_is_the_default(shared_tfds, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(shared_tfds))
+    assert data.default_data_dir() == str(shared_tfds)
+    assert len(load_dataset("mnist", download=False).test) == 10000
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="unknown dataset 'svhn': choose one of cifar10, mnist"):
+        load_dataset("svhn")
+
+
+def test_missing_data_offline_names_the_fix(tmp_path):
+    with pytest.raises(UserError, match=r"mnist:3.0.1 is not prepared in .*--data-dir"):
+        load_dataset("mnist", str(tmp_path), download=False)
+
+
+def test_missing_data_without_tensorflow_says_how_to_prepare(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="needs TensorFlow: run `make prepare-data`"):
+        load_dataset("mnist", str(tmp_path), download=True)
+
+
+@pytest.fixture
+def mnist_copy(shared_tfds, tmp_path):
+    shutil.copytree(shared_tfds / "mnist", tmp_path / "mnist")
+    for path in (tmp_path / "mnist").rglob("*"):
+        path.chmod(0o644 if path.is_file() else 0o755)
+    return tmp_path
+
+
+def test_truncated_record_file(mnist_copy):
+    record = next((mnist_copy / "mnist" / "3.0.1").glob("mnist-test.array_record*"))
+    with open(record, "r+b") as f:
+        f.truncate(record.stat().st_size // 2)
+    with pytest.raises(UserError, match="mnist-test.array_record.* is corrupted or truncated"):
+        load_dataset("mnist", str(mnist_copy), download=False)
+
+
+def test_corrupted_record_bytes(mnist_copy):
+    record = next((mnist_copy / "mnist" / "3.0.1").glob("mnist-train.array_record*"))
+    blob = bytearray(record.read_bytes())
+    middle = len(blob) // 2
+    blob[middle : middle + 4096] = bytes(4096)
+    record.write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="corrupted or truncated"):
+        load_dataset("mnist", str(mnist_copy), download=False)
+
+
+def test_damaged_dataset_info(mnist_copy):
+    (mnist_copy / "mnist" / "3.0.1" / "dataset_info.json").write_text("{not json")
+    with pytest.raises(UserError, match="mnist"):
+        load_dataset("mnist", str(mnist_copy), download=False)
+
+
+def test_synthetic_dataset_is_deterministic_and_shaped_like_the_real_one():
+    a = data.synthetic_dataset("cifar10", 16, 8, seed=1)
+    b = data.synthetic_dataset("cifar10", 16, 8, seed=1)
+    assert a.train.images.shape == (16, 32, 32, 3)
+    np.testing.assert_array_equal(a.train.images, b.train.images)

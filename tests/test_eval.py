@@ -1,0 +1,75 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import eval as evaluation
+from alexnet_jax import train
+from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.parallel import make_mesh, replicated
+from alexnet_jax.state import create_train_state
+
+from conftest import tiny_config
+
+
+def test_confusion_and_per_class_accuracy():
+    result = evaluation.EvalResult(
+        loss=0.0,
+        accuracy=0.6,
+        predictions=np.array([0, 1, 1, 2, 0]),
+        labels=np.array([0, 1, 2, 2, 1]),
+        num_classes=3,
+    )
+    np.testing.assert_array_equal(result.confusion, [[1, 0, 0], [1, 1, 0], [0, 1, 1]])
+    np.testing.assert_allclose(result.per_class_accuracy, [1.0, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("devices, flip", [(1, False), (2, True)])
+def test_evaluate_counts_every_example_once(tiny_dataset, cpu_devices, devices, flip):
+    config = tiny_config(eval_batch_size=24, eval_flip=flip)  # 32 test images: one padded batch
+    mesh = make_mesh(cpu_devices[:devices])
+    state = jax.device_put(create_train_state(config, 4), replicated(mesh))
+    split = evaluation.DeviceSplit(tiny_dataset.test, config.eval_batch_size, mesh)
+    result = evaluation.evaluate(state, split, evaluation.make_evaluator(config, mesh))
+    assert len(result.predictions) == len(tiny_dataset.test) == 32
+    np.testing.assert_array_equal(result.labels, tiny_dataset.test.labels)
+    assert result.accuracy == pytest.approx(np.mean(result.predictions == result.labels))
+    assert result.confusion.sum() == 32
+
+
+def test_eval_cli_restores_a_run_without_its_command_line(
+    tiny_dataset, cpu_devices, shared_tfds, tmp_path, capsys
+):
+    config = tiny_config(num_epochs=1)
+    train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
+    out_json = tmp_path / "eval.json"
+    evaluation.main(
+        ["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds), "--json", str(out_json)]
+    )
+    printed = capsys.readouterr().out
+    assert "top-1 accuracy" in printed and "confusion matrix" in printed
+    report = json.loads(out_json.read_text())
+    matrix = np.array(report["confusion_matrix"])
+    assert report["num_examples"] == matrix.sum() == 10000
+    assert report["accuracy"] == pytest.approx(np.trace(matrix) / 10000)
+    assert report["epoch"] == 1 and len(report["per_class_accuracy"]) == 10
+
+
+def test_eval_cli_on_a_path_that_is_not_a_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--ckpt", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
+
+
+def test_restored_state_predicts_like_the_trained_one(tiny_dataset, cpu_devices, tmp_path):
+    config = tiny_config(num_epochs=1)
+    train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
+    mesh = make_mesh(cpu_devices[:1])
+    state, history = checkpoints.restore(1, create_train_state(config, 4), mesh)
+    split = evaluation.DeviceSplit(tiny_dataset.test, config.eval_batch_size, mesh)
+    result = evaluation.evaluate(state, split, evaluation.make_evaluator(config, mesh))
+    assert result.accuracy == history[-1]["test_accuracy"]
+    assert result.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)

@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import preprocess
+
+
+def images(n=8, size=12, channels=3):
+    return jnp.asarray(
+        np.random.default_rng(0).integers(0, 256, (n, size, size, channels)), jnp.uint8
+    )
+
+
+def keys(n, seed=0):
+    return preprocess.example_keys(jax.random.PRNGKey(seed), 0, n)
+
+
+def test_no_padding_and_no_flip_is_identity():
+    x = images()
+    np.testing.assert_array_equal(preprocess.augment(x, keys(8), 0, False), x)
+
+
+def test_crops_are_shifted_windows_of_the_zero_padded_image():
+    x = images(n=64)
+    out = np.asarray(preprocess.augment(x, keys(64), 2, False))
+    padded = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    shifts = set()
+    for i in range(64):
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(padded[i, dy : dy + 12, dx : dx + 12], out[i])
+        ]
+        assert matches, f"example {i} is not a crop of its padded image"
+        shifts.add(matches[0])
+    assert len(shifts) > 5  # the offsets really vary
+
+
+def test_flip_mirrors_about_half_the_images():
+    x = images(n=200)
+    out = np.asarray(preprocess.augment(x, keys(200), 0, True))
+    flipped = [np.array_equal(out[i], np.asarray(x)[i, :, ::-1]) for i in range(200)]
+    kept = [np.array_equal(out[i], np.asarray(x)[i]) for i in range(200)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 60 < sum(flipped) < 140
+
+
+def test_example_keys_depend_on_global_position_only():
+    rng = jax.random.PRNGKey(3)
+    whole = preprocess.example_keys(rng, 0, 8)
+    halves = jnp.concatenate(
+        [preprocess.example_keys(rng, 0, 4), preprocess.example_keys(rng, 4, 4)]
+    )
+    np.testing.assert_array_equal(whole, halves)
+
+
+def test_model_input_is_resized_and_normalised():
+    x = jnp.full((2, 28, 28, 1), 255, jnp.uint8)
+    out = preprocess.to_model_input(x, 67, (0.5,), (0.25,))
+    assert out.shape == (2, 67, 67, 1) and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, 2.0, rtol=1e-6)  # (1 - 0.5) / 0.25
+    assert preprocess.to_model_input(x, 67, (0.5,), (0.25,), jnp.bfloat16).dtype == jnp.bfloat16

@@ -1,0 +1,20 @@
+"""The quick config on the real MNIST: the one test that trains for minutes, not seconds."""
+
+from alexnet_jax import artifacts
+from alexnet_jax.config import load_config
+from alexnet_jax.train import train_and_evaluate
+
+from conftest import ROOT
+
+# The quick config's promise (README): at least 97% MNIST test accuracy on a 2-core CPU.
+QUICK_ACCURACY_FLOOR = 0.97
+
+
+def test_quick_config_reaches_its_accuracy_floor_on_real_mnist(shared_tfds, tmp_path):
+    config = load_config(ROOT / "experiments" / "quick.py")
+    config.data_dir = str(shared_tfds)
+    config.download = False
+    history = train_and_evaluate(config, tmp_path)
+    assert history[-1]["eval_split"] == "test"
+    assert history[-1]["test_accuracy"] >= QUICK_ACCURACY_FLOOR
+    assert artifacts.read_history(tmp_path / "mnist") == history

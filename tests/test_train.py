@@ -1,0 +1,127 @@
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import artifacts, train
+from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.errors import UserError
+from alexnet_jax.parallel import make_mesh, replicated
+from alexnet_jax.state import create_train_state
+
+from conftest import tiny_config
+
+
+def one_step(config, dataset, devices):
+    """Parameters and batch statistics after one train step on the first global batch."""
+    mesh = make_mesh(devices)
+    state = jax.device_put(create_train_state(config, 4), replicated(mesh))
+    batch = {
+        "image": dataset.train.images[: config.batch_size],
+        "label": dataset.train.labels[: config.batch_size],
+    }
+    state, metrics = train.make_train_step(config, mesh)(state, batch, jax.random.PRNGKey(7))
+    return jax.device_get((state.params, state.batch_stats)), jax.device_get(metrics)
+
+
+def test_two_devices_step_equals_one_device_step(tiny_dataset, cpu_devices):
+    # Augmentation on (its randomness is drawn per example, independent of the split);
+    # dropout off, because its masks are drawn per device.
+    config = tiny_config(crop_padding=2, dropout_rate=0.0, batch_size=16)
+    one, metrics_one = one_step(config, tiny_dataset, cpu_devices[:1])
+    two, metrics_two = one_step(config, tiny_dataset, cpu_devices[:2])
+    # Float sums are reordered across devices: equal to float32 rounding, not bit for bit.
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert metrics_one["count"] == metrics_two["count"] == 16
+    np.testing.assert_allclose(metrics_one["loss_sum"], metrics_two["loss_sum"], rtol=1e-5)
+    # The step really changed the parameters (the comparison is not between two initial states).
+    initial = create_train_state(config, 4).params
+    assert not np.allclose(initial["conv2d"]["kernel"], one[0]["conv2d"]["kernel"])
+
+
+def test_same_seed_same_result(tiny_dataset, cpu_devices):
+    config = tiny_config(dropout_rate=0.5)
+    a, _ = one_step(config, tiny_dataset, cpu_devices[:1])
+    b, _ = one_step(config, tiny_dataset, cpu_devices[:1])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_batch_must_divide_by_device_count(tiny_dataset, cpu_devices, tmp_path):
+    config = tiny_config(batch_size=15)
+    with pytest.raises(UserError, match="batch_size=15 does not divide by the 2 devices"):
+        train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
+
+
+def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices, tmp_path):
+    config = tiny_config(num_epochs=3, learning_rate=0.02)
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    run = tmp_path / "mnist"
+    assert artifacts.read_history(run) == history
+    for name in ("mnist_loss.png", "mnist.png", "mnist_confusion.png", "config.json"):
+        assert (run / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "1",
+        "2",
+        "3",
+    ]
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch
+):
+    config = tiny_config(num_epochs=3, dropout_rate=0.5, crop_padding=2)
+    devices = cpu_devices[:1]
+    train.train_and_evaluate(config, tmp_path / "straight", tiny_dataset, devices)
+
+    write_history = artifacts.write_history
+
+    def interrupt_after_first_epoch(run_dir, history):
+        write_history(run_dir, history)
+        if len(history) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "write_history", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, tmp_path / "resumed", tiny_dataset, devices)
+    monkeypatch.setattr(artifacts, "write_history", write_history)
+    history = train.train_and_evaluate(config, tmp_path / "resumed", tiny_dataset, devices)
+    assert len(history) == 3
+
+    straight = load_final_state(config, tmp_path / "straight")
+    resumed = load_final_state(config, tmp_path / "resumed")
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    straight_history = artifacts.read_history(tmp_path / "straight" / "mnist")
+    assert straight_history[-1]["test_loss"] == history[-1]["test_loss"]
+
+
+def load_final_state(config, workdir):
+    checkpoints = Checkpoints(workdir / "mnist" / "checkpoints", read_only=True)
+    mesh = make_mesh(jax.devices()[:1])
+    state, _ = checkpoints.restore(checkpoints.latest_epoch(), create_train_state(config, 4), mesh)
+    return jax.device_get((state.params, state.batch_stats, state.opt_state, state.step))
+
+
+def test_resume_with_other_settings_is_refused(tiny_dataset, cpu_devices, tmp_path):
+    config = tiny_config(num_epochs=1)
+    train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    changed = tiny_config(num_epochs=1, learning_rate=0.5)
+    with pytest.raises(UserError, match=r"other settings \(learning_rate: 0.01 -> 0.5\)"):
+        train.train_and_evaluate(changed, tmp_path, tiny_dataset, cpu_devices[:1])
+
+
+def test_unwritable_workdir_fails_before_training(tiny_dataset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="cannot write to the run directory"):
+        train.train_and_evaluate(tiny_config(), blocker, tiny_dataset)
+
+
+def test_cli_rejects_unknown_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", "experiments/quick.py", "--bogus"])
+    assert exit_info.value.code == 2
+    assert "unknown option --bogus" in capsys.readouterr().err
