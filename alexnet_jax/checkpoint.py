@@ -1,9 +1,23 @@
-"""Orbax checkpoints of the whole training state, one per epoch, under <run>/checkpoints/."""
+"""Orbax checkpoints of the whole training state, one per epoch, under <run>/checkpoints/.
 
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a crash
+never leaves a half-written one under its final name. Orbax does not check array bytes on
+reading, so each checkpoint also carries a fingerprint of its arrays, computed on the device
+when saving and verified after every restore: a flipped bit or a swapped file is refused
+instead of silently loaded. Nothing is ever unpickled: arrays come from TensorStore, the rest
+from JSON.
+"""
+
+import hashlib
+import json
+import shutil
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
@@ -14,15 +28,61 @@ from alexnet_jax.parallel import replicated
 from alexnet_jax.state import TrainState, create_train_state
 
 CHECKPOINTS = "checkpoints"
+QUARANTINE = "checkpoints-unreadable"
 BEST_METRIC = "test_accuracy"
+FINGERPRINT_VERSION = 1
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint that cannot be read back as it was written."""
+
+
+@jax.jit
+def fingerprint(tree) -> jax.Array:
+    """Two uint32 checksums per array leaf, over the leaf's bytes, computed on the device.
+
+    Each 32-bit word is multiplied by an odd, position-dependent constant and summed modulo
+    2**32, so any single changed bit changes the sum; the second sum uses other constants.
+    Cheap enough to run on every save (one pass over the state on the accelerator).
+    """
+
+    def words(leaf):
+        leaf = jnp.ravel(leaf)
+        if leaf.dtype.itemsize == 4:
+            return jax.lax.bitcast_convert_type(leaf, jnp.uint32)
+        return jnp.ravel(jax.lax.bitcast_convert_type(leaf, jnp.uint8)).astype(jnp.uint32)
+
+    def checksums(leaf):
+        w = words(leaf)
+        i = jnp.arange(w.shape[0], dtype=jnp.uint32)
+        first = jnp.sum(w * (i * jnp.uint32(0x9E3779B1) | jnp.uint32(1)), dtype=jnp.uint32)
+        second = jnp.sum(
+            (w ^ (i * jnp.uint32(0x85EBCA77))) * jnp.uint32(0xC2B2AE3D), dtype=jnp.uint32
+        )
+        return jnp.stack([first, second])
+
+    return jnp.stack([checksums(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def state_fingerprint(state: TrainState) -> list[list[int]]:
+    return np.asarray(jax.device_get(fingerprint(_arrays(state)))).tolist()
+
+
+def _arrays(state: TrainState):
+    return {
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "rng": state.rng,
+    }
 
 
 class Checkpoints:
     """The checkpoints of one run: each holds the state, the config and the metrics history.
 
     The step of a checkpoint is the number of epochs completed. The last `keep` epochs are kept,
-    and the best by test accuracy besides. Saving is asynchronous; Orbax writes each checkpoint
-    into a temporary folder and renames it when complete, so a crash never leaves a half one.
+    and the best by test accuracy besides. Saving is asynchronous.
     """
 
     def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
@@ -39,8 +99,15 @@ class Checkpoints:
             ),
             read_only=read_only,
             create=not read_only,
+            # Temporary folders of saves that a crash cut short are removed on start.
+            cleanup_tmp_directories=not read_only,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except Exception as e:
+            raise CorruptCheckpoint(
+                f"cannot open the checkpoints in {self.directory}: {_first_line(e)}"
+            ) from e
 
     def epochs(self) -> list[int]:
         return list(self._manager.all_steps())
@@ -53,49 +120,157 @@ class Checkpoints:
 
     def save(self, epoch, state, config, history) -> None:
         """Start writing the checkpoint of `epoch` (returns before the write completes)."""
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(config.to_dict()),
-                history=ocp.args.JsonSave(history),
-            ),
-            metrics={BEST_METRIC: history[-1][BEST_METRIC]},
+        config = config.to_dict()
+        integrity = {
+            "version": FINGERPRINT_VERSION,
+            "fingerprint": state_fingerprint(state),
+            "config_sha256": json_sha256(config),
+            "history_sha256": json_sha256(history),
+        }
+        try:
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    config=ocp.args.JsonSave(config),
+                    history=ocp.args.JsonSave(history),
+                    integrity=ocp.args.JsonSave(integrity),
+                ),
+                metrics={BEST_METRIC: history[-1][BEST_METRIC]},
+            )
+        except Exception as e:
+            raise self._save_error(epoch, e) from e
+
+    def wait(self) -> None:
+        """Block until the last save is on disk; a failed write is raised here."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(self.latest_epoch(), e) from e
+
+    def _save_error(self, epoch, error: Exception) -> UserError:
+        previous = [e for e in self.epochs() if epoch is None or e < epoch]
+        kept = f"epoch {previous[-1]}'s checkpoint is intact" if previous else "no earlier one"
+        return UserError(
+            f"saving the checkpoint of epoch {epoch} in {self.directory} failed "
+            f"({_first_line(error)}); {kept}: free disk space (or fix the folder) and re-run "
+            "the same command to resume"
         )
 
     def read_config(self, epoch: int) -> ml_collections.ConfigDict:
-        saved = self._manager.restore(
-            epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-        ).config
+        saved = self._read_verified(epoch).config
         config = default_config()
         unknown = set(saved) - set(config.keys())
         if unknown:
-            raise UserError(
-                f"checkpoint {self.directory / str(epoch)} has config fields {sorted(unknown)} "
-                "that this version of alexnet_jax does not know"
+            raise CorruptCheckpoint(
+                f"checkpoint {self._path(epoch)} has config fields {sorted(unknown)} that this "
+                "version of alexnet_jax does not know"
             )
-        config.update(saved)
+        try:
+            config.update(saved)
+        except (TypeError, ValueError) as e:
+            raise self._corrupt(epoch, f"its config does not fit this version ({e})") from e
         return config
 
     def restore(self, epoch: int, abstract_state: TrainState, mesh: Mesh):
-        """(state, history) of `epoch`, arrays placed replicated on `mesh`."""
+        """(state, history) of `epoch`, arrays placed replicated on `mesh` and verified."""
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
             abstract_state,
         )
-        restored = self._manager.restore(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()
-            ),
-        )
+        restored = self._read_verified(epoch, state=ocp.args.StandardRestore(target))
+        expected = restored.integrity["fingerprint"]
+        actual = state_fingerprint(restored.state)
+        if actual != expected:
+            leaves = jax.tree_util.tree_leaves_with_path(_arrays(restored.state))
+            differing = [
+                jax.tree_util.keystr(path, simple=True, separator="/")
+                for (path, _), a, e in zip(leaves, actual, expected, strict=False)
+                if a != e
+            ]
+            raise self._corrupt(
+                epoch, f"its arrays differ from what was saved ({', '.join(differing[:3])})"
+            )
+        if len(restored.history) != epoch:
+            raise self._corrupt(epoch, "its metrics history does not match its epoch")
         return restored.state, restored.history
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
+    def _read_verified(self, epoch: int, **items):
+        """Read the JSON items (and `items`), checking them against the integrity record."""
+        restored = self._read(
+            epoch,
+            config=ocp.args.JsonRestore(),
+            history=ocp.args.JsonRestore(),
+            integrity=ocp.args.JsonRestore(),
+            **items,
+        )
+        integrity = restored.integrity
+        if not isinstance(integrity, dict) or integrity.get("version") != FINGERPRINT_VERSION:
+            raise self._corrupt(epoch, "its integrity record is missing or unknown")
+        for name, kind in (("config", dict), ("history", list)):
+            value = getattr(restored, name)
+            if not isinstance(value, kind) or json_sha256(value) != integrity.get(f"{name}_sha256"):
+                raise self._corrupt(epoch, f"its {name} differs from what was saved")
+        return restored
+
+    def restore_latest_readable(
+        self, abstract_state: TrainState, mesh: Mesh, check_config=None, report=print
+    ):
+        """Restore the newest checkpoint that reads back intact, moving unreadable ones aside.
+
+        `check_config(saved_config)` may refuse a checkpoint by raising a UserError, which
+        propagates (a checkpoint of other settings is not corrupt). Returns (epoch, state,
+        history), or None when there is no checkpoint at all.
+        """
+        epochs = self.epochs()
+        if not epochs:
+            return None
+        for epoch in reversed(epochs):
+            try:
+                saved_config = self.read_config(epoch)
+                if check_config is not None:
+                    check_config(saved_config)
+                state, history = self.restore(epoch, abstract_state, mesh)
+                return epoch, state, history
+            except CorruptCheckpoint as e:
+                moved = self.quarantine(epoch)
+                report(f"warning: {e}; moved it to {moved} and trying the one before")
+        raise CorruptCheckpoint(
+            f"none of the checkpoints in {self.directory} could be read (moved to "
+            f"{self.directory.parent / QUARANTINE}): start afresh in another --workdir"
+        )
+
+    def quarantine(self, epoch: int) -> Path:
+        """Move an unreadable checkpoint out of the way, keeping it for inspection."""
+        target = self.directory.parent / QUARANTINE / f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self._path(epoch)), target)
+        self._manager.reload()
+        return target
+
+    def _read(self, epoch: int, **items):
+        try:
+            return self._manager.restore(epoch, args=ocp.args.Composite(**items))
+        except Exception as e:  # TensorStore, JSON and Orbax raise many kinds here
+            raise self._corrupt(epoch, _first_line(e)) from e
+
+    def _corrupt(self, epoch: int, why: str) -> CorruptCheckpoint:
+        return CorruptCheckpoint(f"checkpoint {self._path(epoch)} is unreadable: {why}")
+
+    def _path(self, epoch: int) -> Path:
+        return self.directory / str(epoch)
 
     def close(self) -> None:
         self._manager.close()
+
+
+def json_sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
 
 
 def abstract_train_state(config, steps_per_epoch: int, num_classes: int = 10) -> TrainState:

@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.flip = True  # random horizontal flips
     c.eval_flip = False  # average the predictions of an image and its mirror at test time
 
+    c.nonfinite = "stop"  # on a NaN/inf loss or gradient: stop the run | skip the step
     c.keep_checkpoints = 3  # the last N epochs; the best by test accuracy is kept as well
     c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
     return c
@@ -53,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 # Fields that may change when a run resumes: they do not alter what has been computed.
 RESUMABLE_CHANGES = frozenset(
-    {"data_dir", "download", "num_epochs", "keep_checkpoints", "log_every", "eval_batch_size"}
+    {"data_dir", "download", "keep_checkpoints", "log_every", "eval_batch_size", "nonfinite"}
 )
 
 CHOICES = {
@@ -61,6 +62,7 @@ CHOICES = {
     "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
     "optimizer": ("sgd", "adamw"),
     "schedule": ("warmup_cosine", "constant"),
+    "nonfinite": ("stop", "skip"),
 }
 
 
@@ -85,7 +87,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep:
-            raise UserError(f"override {override!r} needs a value: write --config.{key}=VALUE")
+            raise UserError(f"override {override!r} needs a value: write --config.FIELD=VALUE")
         if key not in config:
             close = difflib.get_close_matches(key, list(config.keys()), n=1)
             hint = f"did you mean {close[0]}?" if close else f"fields: {', '.join(config.keys())}"
@@ -95,8 +97,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             config[key] = _parse(text, kind)
         except (ValueError, TypeError) as e:
             raise UserError(
-                f"--config.{key}={text}: expected {kind.__name__}, as in the default "
-                f"{config[key]!r}"
+                f"{key}={text!r} is not a valid {kind.__name__} (the default is {config[key]!r})"
             ) from e
 
 

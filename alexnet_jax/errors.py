@@ -9,7 +9,10 @@ class UserError(Exception):
 
 
 def cli(main):
-    """Wrap an entry point so that a UserError prints `error: ...` and exits with status 2."""
+    """Wrap an entry point so that a UserError prints `error: ...` and exits with status 2.
+
+    (Or with the error's own `exit_code`, as an interrupted run does.)
+    """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -17,6 +20,6 @@ def cli(main):
             return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))
 
     return wrapper

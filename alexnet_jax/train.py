@@ -8,6 +8,7 @@ Re-running the same command resumes from the run's latest checkpoint.
 
 import argparse
 import functools
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from alexnet_jax.config import RESUMABLE_CHANGES, apply_overrides, load_config, 
 from alexnet_jax.data import Dataset, Split, load_dataset, spec
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
+from alexnet_jax.interrupt import Interrupted, StopRequests
 from alexnet_jax.parallel import DATA_AXIS, batch_sharded, check_divisible, make_mesh, replicated
 from alexnet_jax.state import TrainState, compute_dtype, create_train_state
 
@@ -80,13 +82,27 @@ def train_step(
     params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, DATA_AXIS)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {
-        "loss_sum": loss * local,
-        "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
-        "count": jnp.asarray(local, jnp.int32),
-    }
-    return state, jax.lax.psum(metrics, DATA_AXIS)
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # A step whose loss, gradients or result is not finite leaves the state as it was (but for
+    # the step count), so neither a skipped step nor the state kept when stopping holds NaNs.
+    finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, updated.params, batch_stats))
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    state = state.replace(step=updated.step)
+    metrics = jax.lax.psum(
+        {
+            "loss_sum": loss * local,
+            "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+            "count": jnp.asarray(local, jnp.int32),
+        },
+        DATA_AXIS,
+    )
+    return state, {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every floating-point leaf is finite."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -161,8 +177,8 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
         )
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and fail now, not after an epoch, if it cannot be written."""
+def prepare_run_dir(run_dir: Path, checkpoint_bytes: int) -> None:
+    """Fail now, not after an epoch, if the run directory cannot be written or is full."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -170,6 +186,21 @@ def prepare_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the run directory {run_dir}: {e.strerror}") from e
+    free = shutil.disk_usage(run_dir).free
+    needed = int(checkpoint_bytes * 1.2) + (16 << 20)  # a checkpoint, its metadata and plots
+    if free < needed:
+        raise UserError(
+            f"only {free >> 20} MiB free in {run_dir}, and a checkpoint needs about "
+            f"{needed >> 20} MiB: free disk space or use another --workdir"
+        )
+
+
+def state_bytes(state: TrainState) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradients became NaN or infinite."""
 
 
 def train_and_evaluate(
@@ -178,7 +209,7 @@ def train_and_evaluate(
     dataset: Dataset | None = None,
     devices=None,
 ) -> list[dict]:
-    """Train `config` in <workdir>/<dataset>/, resuming from its latest checkpoint.
+    """Train `config` in <workdir>/<dataset>/, resuming from its latest readable checkpoint.
 
     Returns the metrics history, one row per epoch.
     """
@@ -187,7 +218,6 @@ def train_and_evaluate(
     mesh = make_mesh(devices)
     check_divisible(config.batch_size, mesh)
     check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
-    prepare_run_dir(run_dir)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
     train, evaluation, eval_name = split_for_training(dataset, config)
@@ -196,14 +226,16 @@ def train_and_evaluate(
         raise UserError(
             f"batch_size={config.batch_size} is larger than the {len(train)} training images"
         )
+    state = create_train_state(config, steps_per_epoch, dataset.num_classes)
+    prepare_run_dir(run_dir, state_bytes(state))
 
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.keep_checkpoints)
-    state = create_train_state(config, steps_per_epoch, dataset.num_classes)
     history: list[dict] = []
-    latest = checkpoints.latest_epoch()
-    if latest is not None:
-        check_resumable(checkpoints.read_config(latest), config, checkpoints.directory)
-        state, history = checkpoints.restore(latest, state, mesh)
+    restored = checkpoints.restore_latest_readable(
+        state, mesh, check_config=lambda saved: check_resumable(saved, config, run_dir)
+    )
+    if restored is not None:
+        latest, state, history = restored
         print(f"resuming {run_dir} after epoch {latest}")
     state = jax.device_put(state, replicated(mesh))
     artifacts.write_config(run_dir, config)
@@ -224,65 +256,48 @@ def train_and_evaluate(
     )
 
     result = None
-    for epoch in range(len(history), config.num_epochs):
-        start = time.perf_counter()
-        order = epoch_order(state.rng, epoch, len(train))
-        totals = {"loss_sum": 0.0, "correct": 0, "count": 0}
-        pending = []
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{config.num_epochs}",
-            unit="step",
-            leave=False,
-            dynamic_ncols=True,
-        )
-        interval_start, interval_images = time.perf_counter(), 0
-        for i in range(steps_per_epoch):
-            batch = take(train_images, train_labels, order, i * config.batch_size)
-            state, metrics = step_fn(state, batch, step_rng(state.rng, state.step))
-            pending.append(metrics)
-            if len(pending) == config.log_every or i == steps_per_epoch - 1:
-                # Fetching the metrics waits for the device; doing it every few steps keeps
-                # the device busy in between.
-                for fetched in jax.device_get(pending):
-                    for key in totals:
-                        totals[key] += fetched[key]
-                interval_images += sum(int(m["count"]) for m in jax.device_get(pending))
-                bar.update(len(pending))
-                pending = []
-                now = time.perf_counter()
-                bar.set_postfix(
-                    loss=f"{totals['loss_sum'] / totals['count']:.4f}",
-                    acc=f"{totals['correct'] / totals['count']:.4f}",
-                    img_s=f"{interval_images / (now - interval_start):.0f}",
+    with StopRequests() as stop:
+        try:
+            for epoch in range(len(history), config.num_epochs):
+                start = time.perf_counter()
+                order = epoch_order(state.rng, epoch, len(train))
+                batches = (
+                    take(train_images, train_labels, order, i * config.batch_size)
+                    for i in range(steps_per_epoch)
                 )
-                interval_start, interval_images = now, 0
-        bar.close()
-        train_time = time.perf_counter() - start
-        result = evaluate(state, eval_split, eval_fn, dataset.num_classes)
-        row = {
-            "epoch": epoch + 1,
-            "step": int(state.step),
-            "train_loss": float(totals["loss_sum"] / totals["count"]),
-            "train_accuracy": float(totals["correct"] / totals["count"]),
-            "test_loss": result.loss,
-            "test_accuracy": result.accuracy,
-            "eval_split": eval_name,
-            "train_seconds": round(train_time, 3),
-            "epoch_seconds": round(time.perf_counter() - start, 3),
-            "train_images_per_second": round(totals["count"] / train_time, 1),
-        }
-        history.append(row)
-        checkpoints.save(epoch + 1, state, config, history)
-        artifacts.write_history(run_dir, history)
-        tqdm.write(
-            f"epoch {row['epoch']}/{config.num_epochs}: train loss {row['train_loss']:.4f} "
-            f"acc {row['train_accuracy']:.4f} | {eval_name} loss {row['test_loss']:.4f} "
-            f"acc {row['test_accuracy']:.4f} | {row['epoch_seconds']:.1f} s "
-            f"({row['train_images_per_second']:.0f} img/s)"
-        )
-    checkpoints.wait()
-    checkpoints.close()
+                state, totals = run_epoch(
+                    state, batches, steps_per_epoch, step_fn, epoch, config, stop
+                )
+                if stop.signum:
+                    raise interrupted(stop, epoch, checkpoints)
+                train_time = time.perf_counter() - start
+                result = evaluate(state, eval_split, eval_fn, dataset.num_classes)
+                row = {
+                    "epoch": epoch + 1,
+                    "step": int(state.step),
+                    "train_loss": float(totals["loss_sum"] / totals["count"]),
+                    "train_accuracy": float(totals["correct"] / totals["count"]),
+                    "test_loss": result.loss,
+                    "test_accuracy": result.accuracy,
+                    "eval_split": eval_name,
+                    "skipped_steps": totals["skipped"],
+                    "train_seconds": round(train_time, 3),
+                    "epoch_seconds": round(time.perf_counter() - start, 3),
+                    "train_images_per_second": round(totals["count"] / train_time, 1),
+                }
+                history.append(row)
+                checkpoints.save(epoch + 1, state, config, history)
+                artifacts.write_history(run_dir, history)
+                tqdm.write(
+                    f"epoch {row['epoch']}/{config.num_epochs}: train loss "
+                    f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | {eval_name} "
+                    f"loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | "
+                    f"{row['epoch_seconds']:.1f} s ({row['train_images_per_second']:.0f} img/s)"
+                )
+        finally:
+            # Whatever ends the loop, the save in flight completes (or fails loudly) first.
+            checkpoints.wait()
+            checkpoints.close()
 
     if result is None:  # nothing left to train: the run was complete already
         print(f"{run_dir} is complete ({config.num_epochs} epochs); evaluating it again")
@@ -291,6 +306,83 @@ def train_and_evaluate(
     artifacts.write_evaluation(run_dir, np.asarray(evaluation.images), result, dataset.class_names)
     print(f"{eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
     return history
+
+
+def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: StopRequests):
+    """Train one epoch; returns the state and the summed metrics of its finite steps.
+
+    Stops early (without error) when a stop was requested; raises NonFiniteLoss at the first
+    non-finite step unless the config skips them.
+    """
+    totals = {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0}
+    first_step = int(state.step)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.num_epochs}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+    )
+    pending = []
+    interval_start = time.perf_counter()
+
+    def drain():
+        nonlocal pending, interval_start
+        # Fetching the metrics waits for the device; doing it every few steps keeps the
+        # device busy in between.
+        images = 0
+        for offset, metrics in enumerate(jax.device_get(pending)):
+            step = first_step + bar.n + offset + 1
+            if metrics["nonfinite"]:
+                if config.nonfinite == "stop":
+                    raise NonFiniteLoss(
+                        f"the loss or gradients became non-finite at step {step} (epoch "
+                        f"{epoch + 1}); the run stopped without saving it, so the last "
+                        "checkpoint is intact: lower learning_rate, or set "
+                        "--config.nonfinite=skip to skip such steps"
+                    )
+                totals["skipped"] += 1
+                tqdm.write(f"warning: skipped step {step}: non-finite loss or gradients")
+                continue
+            for key in ("loss_sum", "correct", "count"):
+                totals[key] += metrics[key]
+            images += int(metrics["count"])
+        bar.update(len(pending))
+        pending = []
+        now = time.perf_counter()
+        if totals["count"]:
+            bar.set_postfix(
+                loss=f"{totals['loss_sum'] / totals['count']:.4f}",
+                acc=f"{totals['correct'] / totals['count']:.4f}",
+                img_s=f"{images / (now - interval_start):.0f}",
+            )
+        interval_start = now
+
+    for batch in batches:
+        state, metrics = step_fn(state, batch, step_rng(state.rng, state.step))
+        pending.append(metrics)
+        if len(pending) == config.log_every:
+            drain()
+        if stop.signum:
+            break
+    drain()
+    bar.close()
+    if not stop.signum and totals["count"] == 0:
+        raise NonFiniteLoss(
+            f"every step of epoch {epoch + 1} was non-finite and skipped: lower learning_rate"
+        )
+    return state, totals
+
+
+def interrupted(stop: StopRequests, epoch: int, checkpoints: Checkpoints) -> Interrupted:
+    checkpoints.wait()
+    latest = checkpoints.latest_epoch()
+    saved = (
+        f"the checkpoint of epoch {latest} is complete: re-run the same command to resume"
+        if latest
+        else "no epoch was completed, so nothing was saved: re-run the same command to start"
+    )
+    return Interrupted(f"stopped by {stop.name} during epoch {epoch + 1}; {saved}", stop.signum)
 
 
 @cli

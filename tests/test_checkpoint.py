@@ -2,7 +2,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.checkpoint import Checkpoints, locate
+from alexnet_jax import artifacts, train
+from alexnet_jax.checkpoint import QUARANTINE, Checkpoints, CorruptCheckpoint, locate
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state
@@ -81,3 +82,110 @@ def test_locate_rejects_what_is_not_a_checkpoint(tmp_path, kind):
         path.write_text("hello")
     with pytest.raises(UserError, match="does not exist|is not a checkpoint"):
         locate(path)
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A checkpoint of epoch 1 in tmp_path, with the state that went into it."""
+    config = tiny_config()
+    state = perturbed_state(config)
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(1, state, config, [row(1, 0.5)])
+    checkpoints.wait()
+    return tmp_path, config, state
+
+
+def largest_file(folder):
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def restore(directory, config):
+    return Checkpoints(directory, read_only=True).restore(
+        1, create_train_state(config, 4), make_mesh()
+    )
+
+
+def test_a_flipped_bit_in_the_arrays_is_refused(saved_run):
+    directory, config, _ = saved_run
+    data = largest_file(directory / "1" / "state")
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    data.write_bytes(bytes(blob))
+    with pytest.raises(
+        CorruptCheckpoint, match=r"checkpoint .*/1 is unreadable: its arrays differ"
+    ):
+        restore(directory, config)
+
+
+def test_a_truncated_array_file_is_refused(saved_run):
+    directory, config, _ = saved_run
+    data = largest_file(directory / "1" / "state")
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 3)
+    with pytest.raises(CorruptCheckpoint, match=r"checkpoint .*/1 is unreadable"):
+        restore(directory, config)
+
+
+def test_a_damaged_config_is_refused(saved_run):
+    directory, _, _ = saved_run
+    (directory / "1" / "config" / "metadata").write_text('{"dataset": ')
+    with pytest.raises(CorruptCheckpoint, match=r"checkpoint .*/1 is unreadable"):
+        Checkpoints(directory, read_only=True).read_config(1)
+
+
+def test_restoring_never_unpickles(saved_run, monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint restore tried to unpickle")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(np, "load", refuse)
+    directory, config, saved = saved_run
+    restored, _ = restore(directory, config)
+    np.testing.assert_array_equal(
+        restored.params["dense_2"]["bias"], saved.params["dense_2"]["bias"]
+    )
+
+
+def test_resume_falls_back_to_the_last_readable_checkpoint(
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys
+):
+    config = tiny_config(num_epochs=3)
+    write_history = artifacts.write_history
+
+    def interrupt_after_two_epochs(run_dir, history):
+        write_history(run_dir, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "write_history", interrupt_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    monkeypatch.setattr(artifacts, "write_history", write_history)
+
+    run = tmp_path / "mnist"
+    data = largest_file(run / "checkpoints" / "2" / "state")
+    blob = bytearray(data.read_bytes())
+    blob[1000] ^= 0xFF
+    data.write_bytes(bytes(blob))
+
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    printed = capsys.readouterr().out
+    assert "checkpoints/2 is unreadable" in printed and "trying the one before" in printed
+    assert "resuming" in printed and "after epoch 1" in printed
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    # The bad checkpoint is kept aside, not deleted.
+    assert [p.name.split("-")[0] for p in (run / QUARANTINE).iterdir()] == ["2"]
+
+
+def test_a_checkpoint_of_another_dataset_is_refused_and_left_alone(tiny_dataset, tmp_path):
+    cifar = tiny_config(dataset="cifar10", num_epochs=1)
+    checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints")
+    checkpoints.save(1, create_train_state(cifar, 4), cifar, [row(1, 0.5)])
+    checkpoints.wait()
+    with pytest.raises(UserError, match=r"other settings \(dataset: 'cifar10' -> 'mnist'"):
+        train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, tiny_dataset)
+    assert (tmp_path / "mnist" / "checkpoints" / "1").is_dir()
+    assert not (tmp_path / "mnist" / QUARANTINE).exists()

@@ -39,8 +39,8 @@ def test_overrides_are_parsed_by_field_type():
     "override, message",
     [
         ("batch_sise=3", "did you mean batch_size"),
-        ("batch_size=abc", "expected int"),
-        ("flip=maybe", "expected bool"),
+        ("batch_size=abc", "batch_size='abc' is not a valid int"),
+        ("flip=maybe", "flip='maybe' is not a valid bool"),
         ("batch_size", "needs a value"),
     ],
 )

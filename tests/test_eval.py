@@ -73,3 +73,26 @@ def test_restored_state_predicts_like_the_trained_one(tiny_dataset, cpu_devices,
     result = evaluation.evaluate(state, split, evaluation.make_evaluator(config, mesh))
     assert result.accuracy == history[-1]["test_accuracy"]
     assert result.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)
+
+
+def test_eval_cli_on_a_run_without_checkpoints(tmp_path, capsys):
+    (tmp_path / "mnist" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--ckpt", str(tmp_path / "mnist")])
+    assert exit_info.value.code == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_eval_cli_on_a_damaged_checkpoint_names_it(
+    tiny_dataset, cpu_devices, shared_tfds, tmp_path, capsys
+):
+    train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, tiny_dataset, cpu_devices[:1])
+    history = tmp_path / "mnist" / "checkpoints" / "1" / "history" / "metadata"
+    history.write_text(history.read_text().replace("1", "2", 1))
+    capsys.readouterr()  # forget the training's output
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "checkpoints/1 is unreadable: its history differs from what was saved" in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,5 +1,10 @@
+import errno
+import shutil
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import artifacts, train
@@ -125,3 +130,102 @@ def test_cli_rejects_unknown_options(capsys):
         train.main(["--config", "experiments/quick.py", "--bogus"])
     assert exit_info.value.code == 2
     assert "unknown option --bogus" in capsys.readouterr().err
+
+
+def poison(state):
+    return state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+
+
+def test_a_non_finite_step_leaves_the_state_unchanged(tiny_dataset, cpu_devices):
+    config = tiny_config()
+    mesh = make_mesh(cpu_devices[:2])
+    state = jax.device_put(poison(create_train_state(config, 4)), replicated(mesh))
+    before = jax.device_get(state)
+    batch = {"image": tiny_dataset.train.images[:16], "label": tiny_dataset.train.labels[:16]}
+    after, metrics = train.make_train_step(config, mesh)(state, batch, jax.random.PRNGKey(0))
+    assert int(metrics["nonfinite"]) == 1
+    assert int(after.step) == int(before.step) + 1
+    for a, b in zip(
+        jax.tree.leaves((before.params, before.opt_state, before.batch_stats)),
+        jax.tree.leaves(jax.device_get((after.params, after.opt_state, after.batch_stats))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def poisoned_steps(monkeypatch, at_call: int, restore_after: bool):
+    """Make the compiled step meet NaN parameters on call number `at_call` (1-based).
+
+    With `restore_after`, the next calls get the unpoisoned state back, as if the fault had been
+    transient (a bad batch); otherwise the NaNs stay.
+    """
+    make = train.make_train_step
+
+    def make_poisoned(config, mesh):
+        step, calls = make(config, mesh), [0]
+
+        def poisoned(state, batch, rng):
+            calls[0] += 1
+            if calls[0] != at_call:
+                return step(state, batch, rng)
+            clean = jax.device_get(state)
+            new_state, metrics = step(poison(state), batch, rng)
+            if restore_after:
+                new_state = jax.device_put(clean.replace(step=clean.step + 1), replicated(mesh))
+            return new_state, metrics
+
+        return poisoned
+
+    monkeypatch.setattr(train, "make_train_step", make_poisoned)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch
+):
+    config = tiny_config(num_epochs=3)  # 4 steps per epoch: call 6 is in epoch 2
+    poisoned_steps(monkeypatch, at_call=6, restore_after=False)
+    with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 6 \(epoch 2\)"):
+        train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
+    assert checkpoints.epochs() == [1]
+    state, history = checkpoints.restore(1, create_train_state(config, 4), make_mesh())
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+    assert len(history) == 1
+
+
+def test_non_finite_steps_can_be_skipped(tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys):
+    config = tiny_config(num_epochs=2, nonfinite="skip")
+    poisoned_steps(monkeypatch, at_call=3, restore_after=True)
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    assert [row["skipped_steps"] for row in history] == [1, 0]
+    assert "skipped step 3" in capsys.readouterr().out
+    assert np.isfinite(history[-1]["train_loss"])
+
+
+def test_a_full_disk_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage._replace(free=50 << 20))
+    with pytest.raises(UserError, match=r"only 50 MiB free in .*, and a checkpoint needs about"):
+        train.train_and_evaluate(tiny_config(), tmp_path, tiny_dataset)
+    assert not (tmp_path / "mnist" / "checkpoints").exists()
+
+
+def test_a_failing_save_keeps_the_previous_checkpoint(
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch
+):
+    save = ocp.CheckpointManager.save
+
+    def disk_full_at_epoch_two(self, step, *args, **kwargs):
+        if step == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_at_epoch_two)
+    with pytest.raises(
+        UserError,
+        match=r"epoch 2 .* failed \(.*No space left on device\); epoch 1's checkpoint is intact",
+    ):
+        train.train_and_evaluate(tiny_config(num_epochs=3), tmp_path, tiny_dataset, cpu_devices[:1])
+    checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
+    assert checkpoints.epochs() == [1]
+    checkpoints.restore(1, create_train_state(tiny_config(), 4), make_mesh())

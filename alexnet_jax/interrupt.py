@@ -1,0 +1,49 @@
+"""Graceful stops: Ctrl-C or SIGTERM ends training at the next step, not in the middle of a save."""
+
+import signal
+import threading
+
+from alexnet_jax.errors import UserError
+
+
+class Interrupted(UserError):
+    """Training stopped on request; the exit status is the shell's 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequests:
+    """While active, SIGINT and SIGTERM only set `signum`; the training loop polls it.
+
+    A second signal of the same kind is not caught again: it stops the process at once.
+    Outside the main thread (where Python cannot install handlers) this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        # Restore the default so that a second Ctrl-C interrupts a stuck process.
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        return False
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
