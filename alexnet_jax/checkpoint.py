@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax.config import default_config
+from alexnet_jax.distributed import barrier, is_primary
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import replicated
 from alexnet_jax.state import TrainState, create_train_state
@@ -121,11 +122,13 @@ class Checkpoints:
     def save(self, epoch, state, config, history) -> None:
         """Start writing the checkpoint of `epoch` (returns before the write completes)."""
         config = config.to_dict()
+        topology = {"num_processes": jax.process_count(), "num_devices": jax.device_count()}
         integrity = {
             "version": FINGERPRINT_VERSION,
             "fingerprint": state_fingerprint(state),
             "config_sha256": json_sha256(config),
             "history_sha256": json_sha256(history),
+            "topology_sha256": json_sha256(topology),
         }
         try:
             self._manager.save(
@@ -134,6 +137,7 @@ class Checkpoints:
                     state=ocp.args.StandardSave(state),
                     config=ocp.args.JsonSave(config),
                     history=ocp.args.JsonSave(history),
+                    topology=ocp.args.JsonSave(topology),
                     integrity=ocp.args.JsonSave(integrity),
                 ),
                 metrics={BEST_METRIC: history[-1][BEST_METRIC]},
@@ -195,41 +199,45 @@ class Checkpoints:
             raise self._corrupt(epoch, "its metrics history does not match its epoch")
         return restored.state, restored.history
 
+    def read_topology(self, epoch: int) -> dict:
+        """How many processes and devices wrote the checkpoint."""
+        return self._read_verified(epoch).topology
+
     def _read_verified(self, epoch: int, **items):
         """Read the JSON items (and `items`), checking them against the integrity record."""
         restored = self._read(
             epoch,
             config=ocp.args.JsonRestore(),
             history=ocp.args.JsonRestore(),
+            topology=ocp.args.JsonRestore(),
             integrity=ocp.args.JsonRestore(),
             **items,
         )
         integrity = restored.integrity
         if not isinstance(integrity, dict) or integrity.get("version") != FINGERPRINT_VERSION:
             raise self._corrupt(epoch, "its integrity record is missing or unknown")
-        for name, kind in (("config", dict), ("history", list)):
+        for name, kind in (("config", dict), ("history", list), ("topology", dict)):
             value = getattr(restored, name)
             if not isinstance(value, kind) or json_sha256(value) != integrity.get(f"{name}_sha256"):
                 raise self._corrupt(epoch, f"its {name} differs from what was saved")
         return restored
 
     def restore_latest_readable(
-        self, abstract_state: TrainState, mesh: Mesh, check_config=None, report=print
+        self, abstract_state: TrainState, mesh: Mesh, check=None, report=print
     ):
         """Restore the newest checkpoint that reads back intact, moving unreadable ones aside.
 
-        `check_config(saved_config)` may refuse a checkpoint by raising a UserError, which
-        propagates (a checkpoint of other settings is not corrupt). Returns (epoch, state,
-        history), or None when there is no checkpoint at all.
+        `check(epoch)` may refuse a checkpoint by raising a UserError, which propagates (a
+        checkpoint of other settings is not corrupt). Returns (epoch, state, history), or None
+        when there is no checkpoint at all.
         """
         epochs = self.epochs()
         if not epochs:
             return None
         for epoch in reversed(epochs):
             try:
-                saved_config = self.read_config(epoch)
-                if check_config is not None:
-                    check_config(saved_config)
+                if check is not None:
+                    check(epoch)
                 state, history = self.restore(epoch, abstract_state, mesh)
                 return epoch, state, history
             except CorruptCheckpoint as e:
@@ -243,8 +251,10 @@ class Checkpoints:
     def quarantine(self, epoch: int) -> Path:
         """Move an unreadable checkpoint out of the way, keeping it for inspection."""
         target = self.directory.parent / QUARANTINE / f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(self._path(epoch)), target)
+        if is_primary():  # every process found it unreadable; one of them moves it
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self._path(epoch)), target)
+        barrier(f"quarantine-{epoch}")
         self._manager.reload()
         return target
 

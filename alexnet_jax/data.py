@@ -63,18 +63,91 @@ def default_data_dir() -> str:
 
 
 def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
-    """Read the train and test splits of `name` from a TFDS data dir, preparing them if absent.
+    """Read the whole train and test splits of `name`, preparing them if absent.
 
     Reading needs no TensorFlow (ArrayRecord via `tfds.data_source`); preparing does.
     """
-    data_dir = str(Path(data_dir or default_data_dir()).expanduser())
+    data_dir = _resolve(data_dir)
     builder = _prepared_builder(name, data_dir, download)
+    train, test = (_read_split(builder, split, data_dir) for split in ("train", "test"))
+    return Dataset(name, train, test, tuple(builder.info.features["label"].names))
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What one process trains and evaluates on."""
+
+    name: str
+    train: Split  # this process's part of the training images
+    evaluation: Split  # the whole evaluation split, on every process
+    eval_name: str  # "test", or "validation" when held out of the training split
+    class_names: tuple[str, ...]
+    shard_sizes: tuple[int, ...]  # training images of each process
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def training_plan(num_train: int, config, process_count: int = 1):
+    """Index ranges of the training split: (each process's training shard, held-out range).
+
+    The last `validation_examples` images are held out; of the rest, the first
+    `train_examples` (all when 0) are split into contiguous, nearly equal shards.
+    """
+    held_out = config.validation_examples
+    if held_out >= num_train:
+        raise UserError(
+            f"validation_examples={held_out} leaves no training images out of {num_train}"
+        )
+    stop = num_train - held_out
+    if config.train_examples:
+        stop = min(stop, config.train_examples)
+    shards = [
+        (stop * p // process_count, stop * (p + 1) // process_count) for p in range(process_count)
+    ]
+    return shards, ((num_train - held_out, num_train) if held_out else None)
+
+
+def load_training_data(config, process_index: int = 0, process_count: int = 1) -> TrainingData:
+    """Read only this process's training shard, and the evaluation split, from TFDS."""
+    data_dir = _resolve(config.data_dir)
+    builder = _prepared_builder(config.dataset, data_dir, config.download)
+    shards, held_out = training_plan(
+        builder.info.splits["train"].num_examples, config, process_count
+    )
+    train = _read_split(builder, "train", data_dir, *shards[process_index])
+    if held_out:
+        evaluation, eval_name = _read_split(builder, "train", data_dir, *held_out), "validation"
+    else:
+        evaluation, eval_name = _read_split(builder, "test", data_dir), "test"
     class_names = tuple(builder.info.features["label"].names)
-    splits = {
-        split: _read_split(builder, split, data_dir, builder.info.splits[split].num_examples)
-        for split in ("train", "test")
-    }
-    return Dataset(name, splits["train"], splits["test"], class_names)
+    sizes = tuple(b - a for a, b in shards)
+    return TrainingData(config.dataset, train, evaluation, eval_name, class_names, sizes)
+
+
+def training_data_from(
+    dataset: Dataset, config, process_index: int = 0, process_count: int = 1
+) -> TrainingData:
+    """The same carving as `load_training_data`, of a dataset already in memory."""
+    shards, held_out = training_plan(len(dataset.train), config, process_count)
+
+    def part(start, stop):
+        return Split(dataset.train.images[start:stop], dataset.train.labels[start:stop])
+
+    evaluation = part(*held_out) if held_out else dataset.test
+    return TrainingData(
+        dataset.name,
+        part(*shards[process_index]),
+        evaluation,
+        "validation" if held_out else "test",
+        dataset.class_names,
+        tuple(b - a for a, b in shards),
+    )
+
+
+def _resolve(data_dir: str | None) -> str:
+    return str(Path(data_dir or default_data_dir()).expanduser())
 
 
 def _prepared_builder(name: str, data_dir: str, download: bool):
@@ -106,20 +179,25 @@ def _prepared_builder(name: str, data_dir: str, download: bool):
     return builder
 
 
-def _read_split(builder, split: str, data_dir: str, expected: int) -> Split:
+def _read_split(builder, split: str, data_dir: str, start: int = 0, stop: int | None = None):
+    """Examples [start, stop) of `split` in TFDS's file order, put back in their original order
+    within the slice when the dataset has ids (TFDS shuffles CIFAR-10 when preparing)."""
     versioned = f"{builder.name}:{builder.version}"
     files = f"{builder.data_path}/{builder.name}-{split}.array_record-*"
+    total = builder.info.splits[split].num_examples
+    stop = total if stop is None else stop
+    selection = split if (start, stop) == (0, total) else f"{split}[{start}:{stop}]"
     try:
-        source = tfds.data_source(versioned, data_dir=data_dir, download=False)[split]
+        source = tfds.data_source(versioned, split=selection, data_dir=data_dir, download=False)
         images = np.empty((len(source), *spec(builder.name).image_shape), np.uint8)
         labels = np.empty((len(source),), np.int32)
         ids = []
         chunk = 5000
-        for start in tqdm(
-            range(0, len(source), chunk), desc=f"reading {builder.name} {split}", leave=False
+        for first in tqdm(
+            range(0, len(source), chunk), desc=f"reading {builder.name} {selection}", leave=False
         ):
-            items = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-            for i, item in enumerate(items, start):
+            items = source.__getitems__(list(range(first, min(first + chunk, len(source)))))
+            for i, item in enumerate(items, first):
                 images[i] = item["image"]
                 labels[i] = item["label"]
                 if "id" in item:
@@ -129,13 +207,13 @@ def _read_split(builder, split: str, data_dir: str, expected: int) -> Split:
             f"the record file {files} is corrupted or truncated ({_first_line(e)}): "
             f"delete {builder.data_path} and prepare it again, or pass --data-dir to a good copy"
         ) from e
-    if ids:  # TFDS shuffles CIFAR-10 when preparing; its ids give back the original order
+    if ids:
         order = np.argsort(np.asarray(ids))
         images, labels = images[order], labels[order]
-    if len(labels) != expected:
+    if len(labels) != stop - start:
         raise UserError(
-            f"{files} holds {len(labels)} {split} examples where {expected} were expected: "
-            f"delete {builder.data_path} and prepare it again"
+            f"{files} holds {len(labels)} {selection} examples where {stop - start} were "
+            f"expected: delete {builder.data_path} and prepare it again"
         )
     return Split(images, labels)
 

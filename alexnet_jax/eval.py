@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alexnet_jax import checkpoint, preprocess
 from alexnet_jax.data import Split, load_dataset, spec
+from alexnet_jax.distributed import gather
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh
 from alexnet_jax.state import TrainState, compute_dtype
@@ -105,7 +106,8 @@ def make_evaluator(config, mesh: Mesh):
 class DeviceSplit:
     """A split placed once on the devices as [batches, batch, ...], padded with a 0/1 mask.
 
-    Each device holds its slice of every batch.
+    Each device holds its slice of every batch. With several processes, each passes the whole
+    split, so that every example is evaluated exactly once over all devices.
     """
 
     def __init__(self, split: Split, batch_size: int, mesh: Mesh):
@@ -114,10 +116,13 @@ class DeviceSplit:
         padded = -(-self.size // batch_size) * batch_size
         pad = padded - self.size
 
+        sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
         def put(array):
             array = np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)])
             batches = array.reshape(padded // batch_size, batch_size, *array.shape[1:])
-            return jax.device_put(batches, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
+            # Each process places the slices its own devices hold (all of them on one process).
+            return jax.make_array_from_callback(batches.shape, sharding, lambda i: batches[i])
 
         self.batches = {
             "image": put(split.images),
@@ -129,11 +134,12 @@ class DeviceSplit:
 
 def evaluate(state: TrainState, split: DeviceSplit, evaluator, num_classes: int = 10) -> EvalResult:
     """Run `evaluator` (from `make_evaluator`) over the whole split."""
-    totals, predictions = jax.device_get(evaluator(state, split.batches))
+    totals, predictions = evaluator(state, split.batches)
+    totals = jax.device_get(totals)  # summed over all devices, the same on every process
     return EvalResult(
         loss=float(totals["loss_sum"] / totals["count"]),
         accuracy=float(totals["correct"] / totals["count"]),
-        predictions=np.asarray(predictions).reshape(-1)[: split.size],
+        predictions=gather(predictions).reshape(-1)[: split.size],
         labels=split.labels,
         num_classes=num_classes,
     )

@@ -24,11 +24,13 @@ from tqdm.auto import tqdm
 from alexnet_jax import artifacts, preprocess
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.config import RESUMABLE_CHANGES, apply_overrides, load_config, validate
-from alexnet_jax.data import Dataset, Split, load_dataset, spec
+from alexnet_jax.data import Dataset, load_training_data, spec, training_data_from
+from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.interrupt import Interrupted, StopRequests
-from alexnet_jax.parallel import DATA_AXIS, batch_sharded, check_divisible, make_mesh, replicated
+from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh, replicated
+from alexnet_jax.pipeline import TrainPartitions
 from alexnet_jax.state import TrainState, compute_dtype, create_train_state
 
 
@@ -128,39 +130,9 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
     return jax.jit(sharded, donate_argnums=0)
 
 
-def epoch_order(rng, epoch: int, size: int):
-    """The shuffled order of the training examples in `epoch`, a pure function of the run's rng."""
-    return jax.random.permutation(jax.random.fold_in(jax.random.split(rng)[0], epoch), size)
-
-
 def step_rng(rng, step):
     """The randomness of global step `step`."""
     return jax.random.fold_in(jax.random.split(rng)[1], step)
-
-
-def _take(images, labels, order, start, *, size):
-    indices = jax.lax.dynamic_slice_in_dim(order, start, size)
-    return {"image": images[indices], "label": labels[indices]}
-
-
-def split_for_training(dataset: Dataset, config) -> tuple[Split, Split, str]:
-    """(train split, evaluation split, its name) as the config carves them."""
-    train = dataset.train
-    if config.validation_examples:
-        if config.validation_examples >= len(train):
-            raise UserError(
-                f"validation_examples={config.validation_examples} leaves no training images "
-                f"out of {len(train)}"
-            )
-        cut = len(train) - config.validation_examples
-        held_out = Split(train.images[cut:], train.labels[cut:])
-        train = Split(train.images[:cut], train.labels[:cut])
-        evaluation, name = held_out, "validation"
-    else:
-        evaluation, name = dataset.test, "test"
-    if config.train_examples:
-        train = Split(train.images[: config.train_examples], train.labels[: config.train_examples])
-    return train, evaluation, name
 
 
 def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, where):
@@ -177,11 +149,22 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
         )
 
 
+def check_topology(saved: dict, where) -> None:
+    """A run resumes with as many processes as it was written by (their data shards differ)."""
+    processes = jax.process_count()
+    if saved.get("num_processes") != processes:
+        raise UserError(
+            f"{where} was written by {saved.get('num_processes')} process(es) and this run has "
+            f"{processes}: resume it with --num-processes {saved.get('num_processes')}, or start "
+            "afresh in another --workdir"
+        )
+
+
 def prepare_run_dir(run_dir: Path, checkpoint_bytes: int) -> None:
     """Fail now, not after an epoch, if the run directory cannot be written or is full."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{jax.process_index()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -203,6 +186,12 @@ class NonFiniteLoss(UserError):
     """The loss or the gradients became NaN or infinite."""
 
 
+def say(message: str) -> None:
+    """A line between progress bars, from process 0 only."""
+    if is_primary():
+        tqdm.write(message)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -211,67 +200,65 @@ def train_and_evaluate(
 ) -> list[dict]:
     """Train `config` in <workdir>/<dataset>/, resuming from its latest readable checkpoint.
 
-    Returns the metrics history, one row per epoch.
+    `dataset` replaces the TFDS one (tests, synthetic data); with several processes, each one
+    keeps only its shard of its training images. Returns the metrics history, one row per epoch.
     """
     validate(config)
     run_dir = Path(workdir) / config.dataset
     mesh = make_mesh(devices)
     check_divisible(config.batch_size, mesh)
     check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
+    process, processes = jax.process_index(), jax.process_count()
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
-    train, evaluation, eval_name = split_for_training(dataset, config)
-    steps_per_epoch = len(train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"batch_size={config.batch_size} is larger than the {len(train)} training images"
-        )
-    state = create_train_state(config, steps_per_epoch, dataset.num_classes)
+        data = load_training_data(config, process, processes)
+    else:
+        data = training_data_from(dataset, config, process, processes)
+    partitions = TrainPartitions(data, mesh, config.batch_size)
+    steps_per_epoch = partitions.steps_per_epoch
+    state = create_train_state(config, steps_per_epoch, data.num_classes)
     prepare_run_dir(run_dir, state_bytes(state))
 
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.keep_checkpoints)
+
+    def check(epoch):
+        where = checkpoints.directory / str(epoch)
+        check_resumable(checkpoints.read_config(epoch), config, where)
+        check_topology(checkpoints.read_topology(epoch), where)
+
     history: list[dict] = []
-    restored = checkpoints.restore_latest_readable(
-        state, mesh, check_config=lambda saved: check_resumable(saved, config, run_dir)
-    )
+    restored = checkpoints.restore_latest_readable(state, mesh, check=check, report=log)
     if restored is not None:
         latest, state, history = restored
-        print(f"resuming {run_dir} after epoch {latest}")
+        log(f"resuming {run_dir} after epoch {latest}")
     state = jax.device_put(state, replicated(mesh))
-    artifacts.write_config(run_dir, config)
+    if is_primary():
+        artifacts.write_config(run_dir, config)
 
-    devices_text = f"{mesh.devices.size} {jax.default_backend()} device(s)"
-    print(
-        f"training {config.dataset} ({len(train)} images, {eval_name} {len(evaluation)}) on "
-        f"{devices_text}: batch {config.batch_size}, {steps_per_epoch} steps/epoch, "
-        f"{config.image_size}x{config.image_size}, {jnp.dtype(compute_dtype(config)).name}"
+    log(
+        f"training {config.dataset} ({partitions.images_per_epoch} images per epoch, "
+        f"{data.eval_name} {len(data.evaluation)}) on {mesh.devices.size} "
+        f"{jax.default_backend()} device(s) in {processes} process(es): batch "
+        f"{config.batch_size}, {steps_per_epoch} steps/epoch, {config.image_size}x"
+        f"{config.image_size}, {jnp.dtype(compute_dtype(config)).name}"
     )
-    train_images = jax.device_put(train.images, replicated(mesh))
-    train_labels = jax.device_put(train.labels, replicated(mesh))
-    eval_split = DeviceSplit(evaluation, config.eval_batch_size, mesh)
+    eval_split = DeviceSplit(data.evaluation, config.eval_batch_size, mesh)
     step_fn = make_train_step(config, mesh)
     eval_fn = make_evaluator(config, mesh)
-    take = jax.jit(
-        functools.partial(_take, size=config.batch_size), out_shardings=batch_sharded(mesh)
-    )
 
     result = None
     with StopRequests() as stop:
         try:
             for epoch in range(len(history), config.num_epochs):
                 start = time.perf_counter()
-                order = epoch_order(state.rng, epoch, len(train))
-                batches = (
-                    take(train_images, train_labels, order, i * config.batch_size)
-                    for i in range(steps_per_epoch)
-                )
+                orders = partitions.epoch_orders(state.rng, epoch)
+                batches = (partitions.batch(orders, i) for i in range(steps_per_epoch))
                 state, totals = run_epoch(
                     state, batches, steps_per_epoch, step_fn, epoch, config, stop
                 )
                 if stop.signum:
                     raise interrupted(stop, epoch, checkpoints)
                 train_time = time.perf_counter() - start
-                result = evaluate(state, eval_split, eval_fn, dataset.num_classes)
+                result = evaluate(state, eval_split, eval_fn, data.num_classes)
                 row = {
                     "epoch": epoch + 1,
                     "step": int(state.step),
@@ -279,18 +266,19 @@ def train_and_evaluate(
                     "train_accuracy": float(totals["correct"] / totals["count"]),
                     "test_loss": result.loss,
                     "test_accuracy": result.accuracy,
-                    "eval_split": eval_name,
+                    "eval_split": data.eval_name,
                     "skipped_steps": totals["skipped"],
                     "train_seconds": round(train_time, 3),
                     "epoch_seconds": round(time.perf_counter() - start, 3),
-                    "train_images_per_second": round(totals["count"] / train_time, 1),
+                    "train_images_per_second": round(float(totals["count"]) / train_time, 1),
                 }
                 history.append(row)
                 checkpoints.save(epoch + 1, state, config, history)
-                artifacts.write_history(run_dir, history)
-                tqdm.write(
+                if is_primary():
+                    artifacts.write_history(run_dir, history)
+                say(
                     f"epoch {row['epoch']}/{config.num_epochs}: train loss "
-                    f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | {eval_name} "
+                    f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | {data.eval_name} "
                     f"loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | "
                     f"{row['epoch_seconds']:.1f} s ({row['train_images_per_second']:.0f} img/s)"
                 )
@@ -300,11 +288,14 @@ def train_and_evaluate(
             checkpoints.close()
 
     if result is None:  # nothing left to train: the run was complete already
-        print(f"{run_dir} is complete ({config.num_epochs} epochs); evaluating it again")
+        log(f"{run_dir} is complete ({config.num_epochs} epochs); evaluating it again")
+        result = evaluate(state, eval_split, eval_fn, data.num_classes)
+    if is_primary():
         artifacts.write_history(run_dir, history)
-        result = evaluate(state, eval_split, eval_fn, dataset.num_classes)
-    artifacts.write_evaluation(run_dir, np.asarray(evaluation.images), result, dataset.class_names)
-    print(f"{eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
+        artifacts.write_evaluation(
+            run_dir, np.asarray(data.evaluation.images), result, data.class_names
+        )
+    log(f"{data.eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
     return history
 
 
@@ -322,6 +313,7 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
         unit="step",
         leave=False,
         dynamic_ncols=True,
+        disable=not is_primary(),
     )
     pending = []
     interval_start = time.perf_counter()
@@ -342,7 +334,7 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
                         "--config.nonfinite=skip to skip such steps"
                     )
                 totals["skipped"] += 1
-                tqdm.write(f"warning: skipped step {step}: non-finite loss or gradients")
+                say(f"warning: skipped step {step}: non-finite loss or gradients")
                 continue
             for key in ("loss_sum", "correct", "count"):
                 totals[key] += metrics[key]
@@ -397,6 +389,22 @@ def main(argv=None):
     )
     parser.add_argument("--workdir", default="runs", help="runs go to WORKDIR/<dataset>/")
     parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
+    group = parser.add_argument_group("several processes (see README: Scaling out)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    group.add_argument("--num-processes", type=int, metavar="N")
+    group.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="take the above from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU)",
+    )
+    group.add_argument(
+        "--coordinator-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="how long to wait for all processes to join (default 300)",
+    )
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for arg in rest:
@@ -407,6 +415,14 @@ def main(argv=None):
     apply_overrides(config, overrides)
     if args.data_dir:
         config.data_dir = args.data_dir
+    validate(config)  # before waiting for other processes
+    initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        auto=args.distributed,
+        timeout_seconds=args.coordinator_timeout,
+    )
     train_and_evaluate(config, args.workdir)
 
 

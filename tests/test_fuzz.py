@@ -130,7 +130,7 @@ def test_damaged_checkpoint_bytes_are_refused_or_restore_exactly(saved_checkpoin
 @pytest.fixture(scope="module")
 def mnist_test_split(shared_tfds):
     builder = data._prepared_builder("mnist", str(shared_tfds), download=False)
-    return builder, data._read_split(builder, "test", str(shared_tfds), 10000)
+    return builder, data._read_split(builder, "test", str(shared_tfds))
 
 
 @pytest.mark.timeout(300)
@@ -154,7 +154,7 @@ def test_damaged_record_bytes_are_refused_or_read_exactly(
     record.write_bytes(bytes(blob))
     try:
         builder = data._prepared_builder("mnist", str(target), download=False)
-        split = data._read_split(builder, "test", str(target), 10000)
+        split = data._read_split(builder, "test", str(target))
     except UserError as e:
         assert "\n" not in str(e)
         return
