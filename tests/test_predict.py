@@ -4,29 +4,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import checkpoint, predict, train
+from alexnet_jax import checkpoint, predict
 from alexnet_jax import eval as evaluation
-from alexnet_jax.data import Split, synthetic_dataset
+from alexnet_jax.data import Split
 from alexnet_jax.parallel import make_mesh
-
-from conftest import tiny_config
 
 MNIST_SHAPE = (28, 28, 1)
 CIFAR10_SHAPE = (32, 32, 3)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, cpu_devices):
-    """One tiny MNIST run (67x67, 1 epoch of synthetic data) shared by the tests here."""
-    workdir = tmp_path_factory.mktemp("predict")
-    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
-    train.train_and_evaluate(tiny_config(num_epochs=1), workdir, dataset, cpu_devices[:2])
-    return workdir / "mnist"
-
-
-@pytest.fixture(scope="module")
-def trained(run_dir, cpu_devices):
-    return checkpoint.load_trained(run_dir, mesh=make_mesh(cpu_devices[:1]))
+def trained(tiny_run, cpu_devices):
+    return checkpoint.load_trained(tiny_run, mesh=make_mesh(cpu_devices[:1]))
 
 
 def save(array, path, mode=None, **options):
@@ -108,7 +97,7 @@ def test_inputs_expand_from_directories_and_patterns(tmp_path):
     ]
 
 
-def test_cli_reports_conversions_and_failures_per_file(run_dir, tmp_path, capsys):
+def test_cli_reports_conversions_and_failures_per_file(tiny_run, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(1)
@@ -124,7 +113,7 @@ def test_cli_reports_conversions_and_failures_per_file(run_dir, tmp_path, capsys
     out = tmp_path / "out" / "predictions.json"
 
     status = predict.main(
-        ["--ckpt", str(run_dir), str(images), str(tmp_path / "missing.png"), "--json", str(out)]
+        ["--ckpt", str(tiny_run), str(images), str(tmp_path / "missing.png"), "--json", str(out)]
     )
     assert status == 1
     captured = capsys.readouterr()
@@ -168,9 +157,9 @@ def test_cli_reports_conversions_and_failures_per_file(run_dir, tmp_path, capsys
     assert "notes.png: error: not an image file that Pillow can read" in captured.out
 
 
-def test_cli_exit_status_is_0_when_all_files_are_classified(run_dir, tmp_path, capsys):
+def test_cli_exit_status_is_0_when_all_files_are_classified(tiny_run, tmp_path, capsys):
     path = save(np.zeros((28, 28), np.uint8), tmp_path / "zero.png")
-    assert predict.main(["--ckpt", str(run_dir), path, "--json", "-", "--top-k", "10"]) == 0
+    assert predict.main(["--ckpt", str(tiny_run), path, "--json", "-", "--top-k", "10"]) == 0
     payload = json.loads(capsys.readouterr().out)  # with --json -, stdout is only JSON
     assert payload["dataset"] == "mnist" and payload["epoch"] == 1
     (entry,) = payload["files"]
@@ -186,10 +175,10 @@ def test_cli_exit_status_is_0_when_all_files_are_classified(run_dir, tmp_path, c
         (["--batch-size", "0"], "--batch-size=0 must be at least 1"),
     ],
 )
-def test_cli_usage_errors_exit_with_2(run_dir, tmp_path, capsys, args, message):
+def test_cli_usage_errors_exit_with_2(tiny_run, tmp_path, capsys, args, message):
     path = save(np.zeros((28, 28), np.uint8), tmp_path / "zero.png")
     with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--ckpt", str(run_dir), path, *args])
+        predict.main(["--ckpt", str(tiny_run), path, *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
