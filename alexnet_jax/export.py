@@ -135,8 +135,10 @@ def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str
         with contextlib.suppress(ImportError):  # written but not checked; main says so
             import onnxruntime
 
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # errors only, not jax2onnx's shape-merging warnings
             session = onnxruntime.InferenceSession(
-                str(out / ONNX), providers=["CPUExecutionProvider"]
+                str(out / ONNX), options, providers=["CPUExecutionProvider"]
             )
             outputs["onnx"] = session.run(None, {"images": images})[0]
     exact = jnp.dtype(compute_dtype(trained.config)) == jnp.float32

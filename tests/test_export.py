@@ -118,3 +118,21 @@ def test_export_cli_usage_errors(tiny_run, tmp_path, capsys, args, message):
 def test_loader_refuses_a_folder_without_a_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):
         exported.load(tmp_path)
+
+
+def test_onnx_export_gives_the_live_models_logits(trained, tmp_path):
+    pytest.importorskip("jax2onnx", reason="the onnx extra is not installed")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    manifest = export.export(trained, tmp_path, platforms=("cpu",), onnx=True)
+    assert manifest["onnx"] == export.ONNX
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / export.ONNX), providers=["CPUExecutionProvider"]
+    )
+    (images_input,) = session.get_inputs()
+    assert images_input.name == "images" and images_input.type == "tensor(uint8)"
+    assert isinstance(images_input.shape[0], str) and images_input.shape[1:] == [28, 28, 1]
+    for batch in (1, 6):  # any batch size: the batch axis is dynamic
+        images = random_images(batch, seed=batch)
+        (logits,) = session.run(["logits"], {"images": images})
+        # ONNX Runtime's own convolutions and matmuls: float32 rounding differs from XLA's.
+        np.testing.assert_allclose(logits, live_logits(trained, images), rtol=1e-4, atol=1e-5)
