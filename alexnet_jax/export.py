@@ -101,23 +101,34 @@ def export_onnx(trained: checkpoint.Trained, path: Path) -> None:
     logits, _, weights = logits_function(trained)
     dataset = spec(trained.config.dataset)
     shape = jax.export.symbolic_shape(f"batch, {', '.join(map(str, dataset.image_shape))}")
-    # jax2onnx prints debugging lines and logs warnings about shapes it infers later.
-    quiet = logging.getLogger("onnx_ir")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    with _quiet("jax2onnx", "onnx_ir"):
+        model = to_onnx(
+            lambda images: logits(weights, images),
+            [jax.ShapeDtypeStruct(shape, jnp.uint8)],
+            model_name=f"alexnet_{trained.config.dataset}",
+            opset=ONNX_OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+        )
+    path.write_bytes(model.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """Errors only from these loggers, and no prints.
+
+    jax2onnx prints debugging lines, logs a traceback for each of its plugins that fails to
+    import with this JAX (dm_pix ones, which we do not use) and warns about shapes it infers.
+    """
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            model = to_onnx(
-                lambda images: logits(weights, images),
-                [jax.ShapeDtypeStruct(shape, jnp.uint8)],
-                model_name=f"alexnet_{trained.config.dataset}",
-                opset=ONNX_OPSET,
-                input_names=["images"],
-                output_names=["logits"],
-            )
+            yield
     finally:
-        quiet.setLevel(level)
-    path.write_bytes(model.SerializeToString())
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str, float]:
