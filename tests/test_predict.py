@@ -210,3 +210,18 @@ def test_a_real_mnist_png_is_predicted_as_evaluation_predicts_it(
         assert prediction.top[0][0] == result.predictions[0]
         # Evaluation's loss of one image is -log p(true class).
         assert probabilities[int(label)] == pytest.approx(np.exp(-result.loss), rel=1e-5)
+
+
+def test_the_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((10, 20, 3), np.uint8)  # 20 wide, 10 high; a bright left edge
+    pixels[:, :2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=100)
+    image, conversions = predict.load_image(path, CIFAR10_SHAPE)
+    assert conversions == [
+        "turned upright as its EXIF orientation says",
+        "resized 10x20 to 32x32 (aspect ratio not kept)",
+    ]
+    assert image[:4].mean() > 200 and image[-4:].mean() < 50  # the left edge is now the top
