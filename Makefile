@@ -13,12 +13,15 @@ DATA_DIR_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # One stamp per set of extras, so that asking for other extras installs them.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help install train-mnist train-cifar10 quick eval summary test lint format prepare-data clean
+.PHONY: help install train-mnist train-cifar10 quick eval predict report summary test lint format \
+	prepare-data clean
 
 help:
 	@echo "make train-mnist | train-cifar10   train the seed model (224x224) in $(WORKDIR)/<dataset>/"
 	@echo "make quick                         MNIST at 67x67, a few minutes on a CPU"
 	@echo "make eval CKPT=runs/mnist          evaluate a run or checkpoint"
+	@echo "make predict CKPT=runs/mnist ARGS='digit.png'   classify image files"
+	@echo "make report                        an HTML report per run in $(WORKDIR)"
 	@echo "make summary                       the Keras-style layer tables"
 	@echo "make test | lint                   tests | ruff"
 	@echo "make prepare-data                  download and prepare MNIST and CIFAR-10 (needs TensorFlow)"
@@ -44,6 +47,13 @@ quick: install
 eval: install
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=runs/mnist [ARGS='--json out.json']"; exit 2; }
 	$(BIN)/python -m alexnet_jax.eval --ckpt $(CKPT) $(DATA_DIR_FLAG) $(ARGS)
+
+predict: install
+	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=runs/mnist ARGS='digit.png photos/'"; exit 2; }
+	$(BIN)/python -m alexnet_jax.predict --ckpt $(CKPT) $(ARGS)
+
+report: install
+	$(BIN)/python -m alexnet_jax.report --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
 
 summary: install
 	$(BIN)/python -m alexnet_jax.summary --dataset cifar10

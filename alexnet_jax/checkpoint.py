@@ -8,10 +8,12 @@ instead of silently loaded. Nothing is ever unpickled: arrays come from TensorSt
 from JSON.
 """
 
+import argparse
 import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -23,9 +25,10 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax.config import default_config
+from alexnet_jax.data import spec
 from alexnet_jax.distributed import barrier, is_primary
 from alexnet_jax.errors import UserError
-from alexnet_jax.parallel import replicated
+from alexnet_jax.parallel import make_mesh, replicated
 from alexnet_jax.state import TrainState, create_train_state
 
 CHECKPOINTS = "checkpoints"
@@ -312,3 +315,46 @@ def locate(path: str | Path) -> tuple[Path, int | None]:
         f"{path} is not a checkpoint: pass a run directory (<workdir>/<dataset>), "
         "its checkpoints/ folder or one epoch's folder"
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --ckpt and --best options of every command that uses a trained model."""
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="a run dir (<workdir>/<dataset>), its checkpoints/ or an epoch",
+    )
+    parser.add_argument("--best", action="store_true", help="the best epoch instead of the latest")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained state restored from a checkpoint, with the config it was trained with."""
+
+    config: ml_collections.ConfigDict
+    state: TrainState
+    epoch: int
+    path: Path  # the epoch's checkpoint folder
+    history: list[dict]  # the metrics rows up to that epoch
+
+
+def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None) -> Trained:
+    """Restore what a user passes as --ckpt (see `locate`): the latest epoch, or the best one.
+
+    Needs no dataset: the number of classes comes from the dataset's spec.
+    """
+    directory, epoch = locate(ckpt)
+    checkpoints = Checkpoints(directory, read_only=True)
+    try:
+        if epoch is None:
+            epoch = checkpoints.best_epoch() if best else checkpoints.latest_epoch()
+        if epoch is None or epoch not in checkpoints.epochs():
+            missing = "" if epoch is None else f" {epoch}"
+            raise UserError(f"{directory} holds no checkpoint{missing}")
+        config = checkpoints.read_config(epoch)
+        num_classes = len(spec(config.dataset).class_names)
+        abstract = abstract_train_state(config, 1, num_classes)
+        state, history = checkpoints.restore(epoch, abstract, mesh or make_mesh())
+    finally:
+        checkpoints.close()
+    return Trained(config, state, epoch, directory / str(epoch), history)

@@ -19,12 +19,32 @@ class DatasetSpec:
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]  # per-channel, of the training images scaled to [0, 1]
     std: tuple[float, ...]
+    # As TFDS names the labels (tests check it), so that a trained model can name its classes
+    # without reading the dataset.
+    class_names: tuple[str, ...]
 
 
 DATASETS = {
-    "mnist": DatasetSpec("3.0.1", (28, 28, 1), (0.1307,), (0.3081,)),
+    "mnist": DatasetSpec(
+        "3.0.1", (28, 28, 1), (0.1307,), (0.3081,), tuple(str(i) for i in range(10))
+    ),
     "cifar10": DatasetSpec(
-        "3.0.2", (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+        "3.0.2",
+        (32, 32, 3),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        (
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
     ),
 }
 

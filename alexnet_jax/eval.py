@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from alexnet_jax import checkpoint, preprocess
 from alexnet_jax.data import Split, load_dataset, spec
 from alexnet_jax.distributed import gather
-from alexnet_jax.errors import UserError, cli
+from alexnet_jax.errors import cli
 from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh
 from alexnet_jax.state import TrainState, compute_dtype
 
@@ -44,16 +44,35 @@ class EvalResult:
         return np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
 
 
-def eval_step(state: TrainState, batch, *, image_size, mean, std, dtype, flip):
-    """Evaluate one batch on one device: summed loss and hits, and the predicted classes.
+def inference_options(config) -> dict:
+    """The keyword arguments of `class_probabilities` that a config sets."""
+    dataset = spec(config.dataset)
+    return dict(
+        image_size=config.image_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        dtype=compute_dtype(config),
+        flip=config.eval_flip,
+    )
 
-    `batch` has uint8 `image`, int `label` and a 0/1 `mask` that marks padding examples.
-    """
+
+def class_probabilities(state: TrainState, images, *, image_size, mean, std, dtype, flip):
+    """Softmax outputs [B, classes] of uint8 images [B, h, w, C], as evaluation sees them."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    x = preprocess.to_model_input(batch["image"], image_size, mean, std, dtype)
+    x = preprocess.to_model_input(images, image_size, mean, std, dtype)
     probs = jax.nn.softmax(state.apply_fn(variables, x, train=False))
     if flip:  # test-time augmentation: average with the mirror image
         probs = (probs + jax.nn.softmax(state.apply_fn(variables, x[:, :, ::-1], train=False))) / 2
+    return probs
+
+
+def eval_step(state: TrainState, batch, **options):
+    """Evaluate one batch on one device: summed loss and hits, and the predicted classes.
+
+    `batch` has uint8 `image`, int `label` and a 0/1 `mask` that marks padding examples;
+    `options` are those of `inference_options`.
+    """
+    probs = class_probabilities(state, batch["image"], **options)
     label_probs = jnp.take_along_axis(probs, batch["label"][:, None], axis=1)[:, 0]
     losses = -jnp.log(jnp.maximum(label_probs, 1e-12))
     predictions = jnp.argmax(probs, axis=-1).astype(jnp.int32)
@@ -72,15 +91,7 @@ def make_evaluator(config, mesh: Mesh):
     Each device scans over its slices of all the batches, so the host waits once per split and
     no two evaluation programs with collectives are ever in flight at the same time.
     """
-    dataset = spec(config.dataset)
-    step = functools.partial(
-        eval_step,
-        image_size=config.image_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        dtype=compute_dtype(config),
-        flip=config.eval_flip,
-    )
+    step = functools.partial(eval_step, **inference_options(config))
 
     def per_device(state, batches):
         def body(totals, batch):
@@ -183,25 +194,16 @@ def result_json(result: EvalResult, class_names, **extra) -> dict:
 @cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--ckpt",
-        required=True,
-        help="a run dir (<workdir>/<dataset>), its checkpoints/ or an epoch",
-    )
-    parser.add_argument("--best", action="store_true", help="the best epoch instead of the latest")
+    checkpoint.add_arguments(parser)
     parser.add_argument("--data-dir", help="TFDS data dir (default: the one the run used)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--flip", action="store_true", help="average with mirrored images (TTA)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    directory, epoch = checkpoint.locate(args.ckpt)
-    checkpoints = checkpoint.Checkpoints(directory, read_only=True)
-    if epoch is None:
-        epoch = checkpoints.best_epoch() if args.best else checkpoints.latest_epoch()
-    if epoch is None or epoch not in checkpoints.epochs():
-        raise UserError(f"{directory} holds no checkpoint{'' if epoch is None else f' {epoch}'}")
-    config = checkpoints.read_config(epoch)
+    mesh = make_mesh()
+    trained = checkpoint.load_trained(args.ckpt, args.best, mesh)
+    config = trained.config
     if args.data_dir:
         config.data_dir = args.data_dir
     if args.batch_size:
@@ -209,14 +211,11 @@ def main(argv=None):
     if args.flip:
         config.eval_flip = True
 
-    mesh = make_mesh()
     dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
-    abstract = checkpoint.abstract_train_state(config, 1, dataset.num_classes)
-    state, _ = checkpoints.restore(epoch, abstract, mesh)
     split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
-    result = evaluate(state, split, make_evaluator(config, mesh), dataset.num_classes)
+    result = evaluate(trained.state, split, make_evaluator(config, mesh), dataset.num_classes)
 
-    print(f"{config.dataset}, epoch {epoch} of {directory}")
+    print(f"{config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
     print(format_result(result, dataset.class_names))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -224,8 +223,8 @@ def main(argv=None):
             result,
             dataset.class_names,
             dataset=config.dataset,
-            checkpoint=str(directory / str(epoch)),
-            epoch=epoch,
+            checkpoint=str(trained.path),
+            epoch=trained.epoch,
             eval_flip=bool(config.eval_flip),
         )
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

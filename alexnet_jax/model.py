@@ -99,7 +99,9 @@ class AlexNet(nn.Module):
                 **precision,
             )
         if kind == "pool":
-            return lambda y: nn.max_pool(y, (3, 3), strides=(2, 2), padding="VALID")
+            # window_shape by keyword: jax2onnx (the ONNX export) replaces nn.max_pool while it
+            # traces with a function that takes no other positional argument than the input.
+            return lambda y: nn.max_pool(y, window_shape=(3, 3), strides=(2, 2), padding="VALID")
         if kind == "flatten":
             return lambda y: y.reshape((y.shape[0], -1))
         if kind == "dense":

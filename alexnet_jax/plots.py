@@ -1,4 +1,7 @@
-"""The run's figures: loss/accuracy curves, sample predictions and the confusion matrix."""
+"""The run's figures: loss/accuracy curves, sample predictions and the confusion matrix.
+
+Each function writes a PNG to `path`, a file name or a binary file object.
+"""
 
 from pathlib import Path
 
@@ -27,7 +30,9 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_samples(images, labels, predictions, class_names, path: Path, columns: int = 8) -> None:
+def plot_samples(
+    images, labels, predictions, class_names, path: Path, columns: int = 8, title="true / predicted"
+) -> None:
     """A grid of images titled `true / predicted`, mistakes in red (like the seed's cifar10.png)."""
     rows = -(-len(images) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.6))
@@ -41,7 +46,7 @@ def plot_samples(images, labels, predictions, class_names, path: Path, columns: 
             fontsize=7,
             color="black" if label == predicted else "red",
         )
-    fig.suptitle("true / predicted", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

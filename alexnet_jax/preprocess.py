@@ -40,7 +40,15 @@ def augment(images: jax.Array, keys: jax.Array, padding: int, flip: bool) -> jax
 def to_model_input(images: jax.Array, image_size: int, mean, std, dtype=jnp.float32) -> jax.Array:
     """uint8 [B, h, w, C] -> normalised `dtype` [B, image_size, image_size, C], bilinear resize."""
     x = images.astype(jnp.float32) * (1 / 255)
-    if x.shape[1:3] != (image_size, image_size):
-        x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")
+    height, width = x.shape[1:3]
+    if (height, width) != (image_size, image_size):
+        # jax.image.resize(x, shape, "bilinear") runs this same function, and gives the same
+        # bits at the sizes of the experiments (tested); called directly, it is traced into
+        # plain array ops, which jax2onnx converts for any batch size, where it refuses
+        # jax.image.resize on a symbolic batch. (resize computes 1/scale in float64, this in
+        # float32: at other sizes an interpolation weight may differ in its last bit.)
+        scale = jnp.array([image_size / height, image_size / width], jnp.float32)
+        shape = (x.shape[0], image_size, image_size, x.shape[3])
+        x = jax.image.scale_and_translate(x, shape, (1, 2), scale, jnp.zeros(2), "linear")
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
     return x.astype(dtype)

@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from alexnet_jax import train  # noqa: E402
 from alexnet_jax.config import default_config  # noqa: E402
 from alexnet_jax.data import load_dataset, synthetic_dataset  # noqa: E402
 
@@ -62,3 +63,13 @@ def cpu_devices():
     devices = jax.devices("cpu")
     assert len(devices) >= 2, "conftest asks XLA for two host devices"
     return devices
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cpu_devices) -> Path:
+    """A run dir of one epoch of `tiny_config` on synthetic MNIST, for the tests that use a
+    trained model (predict, export, report). Read it only; copy it to change it."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
+    train.train_and_evaluate(tiny_config(num_epochs=1), workdir, dataset, cpu_devices[:2])
+    return workdir / "mnist"

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from alexnet_jax import data
 from alexnet_jax.data import load_dataset
@@ -95,3 +96,10 @@ def test_synthetic_dataset_is_deterministic_and_shaped_like_the_real_one():
     b = data.synthetic_dataset("cifar10", 16, 8, seed=1)
     assert a.train.images.shape == (16, 32, 32, 3)
     np.testing.assert_array_equal(a.train.images, b.train.images)
+
+
+@pytest.mark.parametrize("name", sorted(data.DATASETS))
+def test_class_names_in_the_spec_are_those_of_tfds(shared_tfds, name):
+    # predict and export name classes from the spec, without reading the dataset.
+    builder = tfds.builder(f"{name}:{data.spec(name).version}", data_dir=str(shared_tfds))
+    assert data.spec(name).class_names == tuple(builder.info.features["label"].names)

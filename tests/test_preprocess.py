@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from alexnet_jax import preprocess
 
@@ -61,3 +62,22 @@ def test_model_input_is_resized_and_normalised():
     assert out.shape == (2, 67, 67, 1) and out.dtype == jnp.float32
     np.testing.assert_allclose(out, 2.0, rtol=1e-6)  # (1 - 0.5) / 0.25
     assert preprocess.to_model_input(x, 67, (0.5,), (0.25,), jnp.bfloat16).dtype == jnp.bfloat16
+
+
+# MNIST and CIFAR-10 at the experiments' sizes, and a reduction.
+@pytest.mark.parametrize("size, target", [(28, 67), (28, 224), (32, 67), (32, 224), (40, 33)])
+def test_model_input_resizes_exactly_as_jax_image_resize_bilinear(size, target):
+    # to_model_input calls scale_and_translate (which jax2onnx converts) for jax.image.resize.
+    x = images(3, size, 3)
+
+    @jax.jit
+    def resize(x):
+        return jax.image.resize(
+            x.astype(jnp.float32) * (1 / 255), (3, target, target, 3), "bilinear"
+        )
+
+    @jax.jit
+    def ours(x):
+        return preprocess.to_model_input(x, target, (0.0,) * 3, (1.0,) * 3)
+
+    np.testing.assert_array_equal(ours(x), resize(x))

@@ -1,0 +1,205 @@
+"""Export a trained model for inference: `python -m alexnet_jax.export --ckpt runs/mnist --out DIR`.
+
+DIR receives the inference function (uint8 images of the dataset's size -> logits, the
+preprocessing included) serialized with `jax.export` as StableHLO for any batch size, its weights
+as .npz and a manifest. `alexnet_jax.exported` runs it without the model code or the config.
+`--onnx` adds model.onnx, converted by jax2onnx (the `onnx` extra).
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import checkpoint, exported, preprocess
+from alexnet_jax.data import spec
+from alexnet_jax.errors import UserError, cli
+from alexnet_jax.parallel import make_mesh
+from alexnet_jax.state import compute_dtype
+
+ONNX = "model.onnx"
+ONNX_OPSET = 21
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def logits_function(trained: checkpoint.Trained):
+    """(weights as a flat list, uint8 images [B, H, W, C]) -> logits [B, classes], and the weights.
+
+    The weights are the parameters and BatchNorm statistics; passing them as arguments rather
+    than closing over them keeps them out of the serialized program (~180 MB at 224x224).
+    """
+    config = trained.config
+    dataset = spec(config.dataset)
+    variables = {"params": trained.state.params, "batch_stats": trained.state.batch_stats}
+    named, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    names = ["/".join(str(key.key) for key in path) for path, _ in named]
+    weights = [np.asarray(jax.device_get(leaf)) for _, leaf in named]
+    apply_fn, dtype = trained.state.apply_fn, compute_dtype(config)
+
+    def logits(weights, images):
+        x = preprocess.to_model_input(images, config.image_size, dataset.mean, dataset.std, dtype)
+        return apply_fn(jax.tree.unflatten(treedef, weights), x, train=False)
+
+    return logits, names, weights
+
+
+def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), onnx=False) -> dict:
+    """Write the serialized function, its weights, optionally model.onnx, and the manifest.
+
+    The manifest goes last, so that a folder that has one is complete. Returns the manifest.
+    """
+    config = trained.config
+    dataset = spec(config.dataset)
+    logits, names, weights = logits_function(trained)
+    (batch,) = jax.export.symbolic_shape("batch")
+    images = jax.ShapeDtypeStruct((batch, *dataset.image_shape), jnp.uint8)
+    weight_specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
+    function = jax.export.export(jax.jit(logits), platforms=platforms)(weight_specs, images)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / exported.MANIFEST).unlink(missing_ok=True)
+    (out / exported.FUNCTION).write_bytes(function.serialize())
+    np.savez(out / exported.WEIGHTS, **dict(zip(names, weights, strict=True)))
+    if onnx:
+        export_onnx(trained, out / ONNX)
+    manifest = {
+        "format": exported.FORMAT,
+        "format_version": exported.FORMAT_VERSION,
+        "dataset": config.dataset,
+        "input": {"shape": [None, *dataset.image_shape], "dtype": "uint8"},
+        "output": "logits",
+        "class_names": list(dataset.class_names),
+        "image_size": config.image_size,
+        "compute_dtype": jnp.dtype(compute_dtype(config)).name,
+        "test_time_flip": False,  # the function is the plain model, without eval_flip's mirror
+        "platforms": list(platforms),
+        "weight_names": names,
+        "onnx": ONNX if onnx else None,
+        "checkpoint": str(trained.path),
+        "epoch": trained.epoch,
+        "metrics": trained.history[-1] if trained.history else None,
+        "jax_version": jax.__version__,
+    }
+    (out / exported.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def export_onnx(trained: checkpoint.Trained, path: Path) -> None:
+    """Write the same function as an ONNX model (weights inside) with a dynamic batch axis."""
+    try:
+        from jax2onnx import to_onnx
+    except ImportError as e:
+        raise UserError(
+            f"--onnx needs jax2onnx ({e}): install the extra, pip install -e '.[onnx]'"
+        ) from e
+    logits, _, weights = logits_function(trained)
+    dataset = spec(trained.config.dataset)
+    shape = jax.export.symbolic_shape(f"batch, {', '.join(map(str, dataset.image_shape))}")
+    with _quiet("jax2onnx", "onnx_ir"):
+        model = to_onnx(
+            lambda images: logits(weights, images),
+            [jax.ShapeDtypeStruct(shape, jnp.uint8)],
+            model_name=f"alexnet_{trained.config.dataset}",
+            opset=ONNX_OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+        )
+    path.write_bytes(model.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """Errors only from these loggers, and no prints.
+
+    jax2onnx prints debugging lines, logs a traceback for each of its plugins that fails to
+    import with this JAX (dm_pix ones, which we do not use) and warns about shapes it infers.
+    """
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str, float]:
+    """Run the written formats on random images: the largest |logit difference| to the live model.
+
+    Raises when one is further than float32 rounding allows (16-bit compute: 2% of the logits).
+    """
+    logits, _, weights = logits_function(trained)
+    images = np.random.default_rng(0).integers(
+        0, 256, (3, *spec(trained.config.dataset).image_shape), np.uint8
+    )
+    live = np.asarray(jax.jit(logits)(weights, images))
+    outputs = {"jax": exported.load(out)(images)}
+    if onnx:
+        with contextlib.suppress(ImportError):  # written but not checked; main says so
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # errors only, not jax2onnx's shape-merging warnings
+            session = onnxruntime.InferenceSession(
+                str(out / ONNX), options, providers=["CPUExecutionProvider"]
+            )
+            outputs["onnx"] = session.run(None, {"images": images})[0]
+    exact = jnp.dtype(compute_dtype(trained.config)) == jnp.float32
+    tolerance = (1e-4 if exact else 2e-2) * max(1.0, float(np.abs(live).max()))
+    differences = {}
+    for name, output in outputs.items():
+        differences[name] = float(np.abs(output - live).max())
+        if not differences[name] <= tolerance:  # also catches NaN
+            raise RuntimeError(
+                f"the {name} export's logits differ from the live model's by "
+                f"{differences[name]:.3g}, more than {tolerance:.3g}: please report this"
+            )
+    return differences
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    checkpoint.add_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder to write the export into")
+    parser.add_argument(
+        "--platforms",
+        default="cpu,cuda",
+        help=f"where the function may run, comma-separated from {', '.join(PLATFORMS)}",
+    )
+    parser.add_argument("--onnx", action="store_true", help=f"also write {ONNX} (jax2onnx)")
+    args = parser.parse_args(argv)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    unknown = sorted(set(platforms) - set(PLATFORMS))
+    if unknown or not platforms:
+        raise UserError(f"--platforms {args.platforms}: choose from {', '.join(PLATFORMS)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a folder")
+
+    trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
+    manifest = export(trained, out, platforms, args.onnx)
+    differences = check_export(trained, out, args.onnx)
+
+    shape = "x".join(map(str, manifest["input"]["shape"][1:]))
+    print(f"exported {trained.config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+    print(f"  {out / exported.FUNCTION}: uint8 [batch, {shape}] -> logits, for {args.platforms}")
+    print(f"  {out / exported.WEIGHTS}, {out / exported.MANIFEST}")
+    if args.onnx:
+        print(f"  {out / ONNX}")
+    for name, difference in differences.items():
+        print(f"  checked {name}: logits within {difference:.2g} of the live model")
+    if args.onnx and "onnx" not in differences:
+        print("  not checked onnx: onnxruntime is not installed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""A report page per run: `python -m alexnet_jax.report --workdir runs [--data-dir DIR]`.
+
+Writes <run>/report.html for the run given, or for every run under a workdir: the config, the
+final metrics, the loss and accuracy curves and, from an evaluation of the test split by the
+run's checkpoint, the confusion matrix, per-class accuracy, sample predictions and misclassified
+examples. The page is self-contained: the figures are PNG data URIs, and there is no script and
+no link to anything outside it.
+"""
+
+import argparse
+import base64
+import datetime
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from alexnet_jax import artifacts, checkpoint, plots
+from alexnet_jax.data import Dataset, load_dataset
+from alexnet_jax.errors import UserError, cli
+from alexnet_jax.eval import DeviceSplit, EvalResult, evaluate, make_evaluator
+from alexnet_jax.parallel import make_mesh
+
+REPORT = "report.html"
+EXAMPLES_SHOWN = 32
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+
+def find_runs(path: str | Path) -> list[Path]:
+    """The run directories at `path`: itself if it is one, else every run below it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory: pass a run dir or a workdir holding runs")
+    if (path / checkpoint.CHECKPOINTS).is_dir():
+        return [path]
+    runs = sorted(p.parent for p in path.rglob(checkpoint.CHECKPOINTS) if p.is_dir())
+    if not runs:
+        raise UserError(f"{path} holds no run (a folder with {checkpoint.CHECKPOINTS}/ in it)")
+    return runs
+
+
+def write_report(
+    run_dir: Path,
+    dataset: Dataset | None = None,
+    data_dir: str | None = None,
+    best: bool = False,
+    devices=None,
+    out: Path | None = None,
+) -> Path:
+    """Evaluate the run's checkpoint on the test split and write its report page.
+
+    `dataset` replaces the run's dataset as the config names it (tests pass synthetic data);
+    the page goes to `out`, by default <run>/report.html.
+    """
+    mesh = make_mesh(devices)
+    trained = checkpoint.load_trained(run_dir, best, mesh)
+    config = trained.config
+    shown_config = config.to_dict()  # as trained, before --data-dir
+    if data_dir:
+        config.data_dir = data_dir
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+    split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
+    result = evaluate(trained.state, split, make_evaluator(config, mesh), dataset.num_classes)
+    history = artifacts.read_history(run_dir) or trained.history
+
+    page = render_html(
+        title=f"{config.dataset}: {run_dir}",
+        config=shown_config,
+        history=history,
+        result=result,
+        images=np.asarray(dataset.test.images),
+        class_names=dataset.class_names,
+        source=f"epoch {trained.epoch} ({trained.path})",
+    )
+    path = out or run_dir / REPORT
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def render_html(
+    title: str,
+    config: dict,
+    history: list[dict],
+    result: EvalResult,
+    images: np.ndarray,
+    class_names,
+    source: str,
+) -> str:
+    """The page: metrics, figures as data URIs and the config, as one HTML string."""
+    name = title.split(":")[0]
+    wrong = np.flatnonzero(result.predictions != result.labels)
+    shown = slice(0, EXAMPLES_SHOWN)
+    figures = {
+        "curves": _png(plots.plot_curves, history, title=name) if history else None,
+        "confusion": _png(plots.plot_confusion, result.confusion, class_names, title=name),
+        "samples": _png(
+            plots.plot_samples,
+            images[shown],
+            result.labels[shown],
+            result.predictions[shown],
+            class_names,
+        ),
+        "misclassified": _png(
+            plots.plot_samples,
+            images[wrong[shown]],
+            result.labels[wrong[shown]],
+            result.predictions[wrong[shown]],
+            class_names,
+            title="misclassified: true / predicted",
+        )
+        if len(wrong)
+        else None,
+    }
+    count = len(result.labels)
+    evaluation_rows = [
+        ("checkpoint", source),
+        ("test images", f"{count}"),
+        ("test loss", f"{result.loss:.4f}"),
+        ("top-1 accuracy", f"{result.accuracy:.2%}"),
+        ("misclassified", f"{len(wrong)}"),
+    ]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="note">Written {datetime.datetime.now():%Y-%m-%d %H:%M} by '
+        "<code>python -m alexnet_jax.report</code>.</p>",
+        "<h2>Final metrics</h2>",
+        _metrics_table(history),
+        "<h2>Evaluation of the test split</h2>",
+        _table("evaluation", evaluation_rows),
+        "<h2>Loss and accuracy</h2>",
+        _img(figures["curves"], "loss and accuracy curves") or "<p>No metrics recorded.</p>",
+        "<h2>Confusion matrix</h2>",
+        _img(figures["confusion"], "confusion matrix"),
+        "<h2>Per-class accuracy</h2>",
+        _table(
+            "per-class",
+            [(n, f"{a:.2%}") for n, a in zip(class_names, result.per_class_accuracy, strict=True)],
+            header=("class", "accuracy"),
+        ),
+        f"<h2>Sample predictions</h2><p class='note'>The first {EXAMPLES_SHOWN} test images; "
+        "mistakes in red.</p>",
+        _img(figures["samples"], "sample predictions"),
+        "<h2>Misclassified examples</h2>",
+        f"<p class='note'>The first {min(len(wrong), EXAMPLES_SHOWN)} of {len(wrong)} "
+        "misclassified test images.</p>",
+        _img(figures["misclassified"], "misclassified examples") or "<p>None.</p>",
+        "<h2>Config</h2>",
+        _table("config", [(k, json.dumps(v)) for k, v in sorted(config.items())]),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _metrics_table(history: list[dict]) -> str:
+    if not history:
+        return "<p>No metrics recorded.</p>"
+    last = history[-1]
+    split = last.get("eval_split", "test")
+    best = max(history, key=lambda row: row["test_accuracy"])
+    rows = [
+        ("epochs", f"{last['epoch']}"),
+        ("train loss", f"{last['train_loss']:.4f}"),
+        ("train accuracy", f"{last['train_accuracy']:.2%}"),
+        (f"{split} loss", f"{last['test_loss']:.4f}"),
+        (f"{split} accuracy", f"{last['test_accuracy']:.2%}"),
+        (f"best {split} accuracy", f"{best['test_accuracy']:.2%} (epoch {best['epoch']})"),
+        ("seconds per epoch (last)", f"{last.get('epoch_seconds', float('nan')):.1f}"),
+        ("training images/s (last)", f"{last.get('train_images_per_second', float('nan')):.0f}"),
+    ]
+    return _table("metrics", rows)
+
+
+def _table(table_id: str, rows, header=None) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join(
+        f"<tr><th>{_e(key)}</th><td class='number'>{_e(value)}</td></tr>" for key, value in rows
+    )
+    return f'<table id="{table_id}">{head}{body}</table>'
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _png(plot, *args, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    plot(*args, path=buffer, **kwargs)
+    return buffer.getvalue()
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--workdir", required=True, help="a run dir (<workdir>/<dataset>) or a workdir of runs"
+    )
+    parser.add_argument("--data-dir", help="TFDS data dir (default: the one each run used)")
+    parser.add_argument("--best", action="store_true", help="the best epoch instead of the latest")
+    args = parser.parse_args(argv)
+    for run_dir in find_runs(args.workdir):
+        path = write_report(run_dir, data_dir=args.data_dir, best=args.best)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, export, exported, preprocess
+from alexnet_jax.data import spec
+from alexnet_jax.parallel import make_mesh
+
+# The exported function is the live model's XLA program, run from StableHLO; on the CPU both give
+# the same float32 logits up to reassociation.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run, cpu_devices):
+    return checkpoint.load_trained(tiny_run, mesh=make_mesh(cpu_devices[:1]))
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    export.export(trained, out)
+    return out
+
+
+def live_logits(trained, images):
+    """The model's logits, straight from the Flax module."""
+    mnist = spec("mnist")
+    x = preprocess.to_model_input(images, trained.config.image_size, mnist.mean, mnist.std)
+    variables = {"params": trained.state.params, "batch_stats": trained.state.batch_stats}
+    return np.asarray(trained.state.apply_fn(variables, x, train=False))
+
+
+def random_images(count, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, 28, 28, 1), np.uint8)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 17])  # the export traced a symbolic batch
+def test_exported_function_gives_the_live_models_logits(trained, export_dir, batch):
+    images = random_images(batch, seed=batch)
+    logits = exported.load(export_dir)(images)
+    assert logits.shape == (batch, 10) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, live_logits(trained, images), rtol=RTOL, atol=ATOL)
+
+
+def test_manifest_describes_the_input_and_the_classes(export_dir):
+    manifest = json.loads((export_dir / exported.MANIFEST).read_text())
+    assert manifest["input"] == {"shape": [None, 28, 28, 1], "dtype": "uint8"}
+    assert manifest["class_names"] == [str(i) for i in range(10)]
+    assert manifest["dataset"] == "mnist" and manifest["image_size"] == 67
+    assert manifest["platforms"] == ["cpu", "cuda"] and manifest["epoch"] == 1
+    with np.load(export_dir / exported.WEIGHTS, allow_pickle=False) as weights:
+        assert sorted(weights.files) == sorted(manifest["weight_names"])
+        assert weights["params/dense_2/kernel"].shape == (4096, 10)
+        assert "batch_stats/batch_normalization/mean" in weights.files
+
+
+def test_loader_refuses_images_of_another_shape_or_type(export_dir):
+    model = exported.load(export_dir)
+    with pytest.raises(ValueError, match=r"expected uint8 images \[batch, 28, 28, 1\]"):
+        model(np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="got float32"):
+        model(np.zeros((2, 28, 28, 1), np.float32))
+    assert model(np.zeros((0, 28, 28, 1), np.uint8)).shape == (0, 10)
+    np.testing.assert_allclose(model.probabilities(random_images(2)).sum(1), 1, rtol=1e-6)
+
+
+def test_loader_runs_on_its_own_without_the_model_code(trained, export_dir, tmp_path):
+    """exported.py copied alone next to the export runs it: no alexnet_jax, no flax."""
+    shutil.copy(exported.__file__, tmp_path / "exported.py")
+    images = random_images(3, seed=7)
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import json, sys
+import numpy as np
+import exported
+logits = exported.load({str(export_dir)!r})(np.load("images.npy"))
+np.save("logits.npy", logits)
+loaded = [m for m in sys.modules if m.split(".")[0] in ("alexnet_jax", "flax", "ml_collections",
+                                                        "optax", "orbax")]
+print(json.dumps(loaded))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    logits = np.load(tmp_path / "logits.npy")
+    np.testing.assert_allclose(logits, live_logits(trained, images), rtol=RTOL, atol=ATOL)
+
+
+def test_export_cli_checks_what_it_wrote(tiny_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    export.main(["--ckpt", str(tiny_run), "--out", str(out), "--platforms", "cpu"])
+    printed = capsys.readouterr().out
+    assert "checked jax: logits within" in printed
+    assert json.loads((out / exported.MANIFEST).read_text())["platforms"] == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--platforms", "cpu,metal"], "--platforms cpu,metal: choose from"),
+        (["--out", __file__], "is a file: pass a folder"),
+    ],
+)
+def test_export_cli_usage_errors(tiny_run, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--ckpt", str(tiny_run), "--out", str(tmp_path / "x"), *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_loader_refuses_a_folder_without_a_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        exported.load(tmp_path)
+
+
+def test_onnx_export_gives_the_live_models_logits(trained, tmp_path):
+    pytest.importorskip("jax2onnx", reason="the onnx extra is not installed")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    manifest = export.export(trained, tmp_path, platforms=("cpu",), onnx=True)
+    assert manifest["onnx"] == export.ONNX
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / export.ONNX), providers=["CPUExecutionProvider"]
+    )
+    (images_input,) = session.get_inputs()
+    assert images_input.name == "images" and images_input.type == "tensor(uint8)"
+    assert isinstance(images_input.shape[0], str) and images_input.shape[1:] == [28, 28, 1]
+    for batch in (1, 6):  # any batch size: the batch axis is dynamic
+        images = random_images(batch, seed=batch)
+        (logits,) = session.run(["logits"], {"images": images})
+        # ONNX Runtime's own convolutions and matmuls: float32 rounding differs from XLA's.
+        np.testing.assert_allclose(logits, live_logits(trained, images), rtol=1e-4, atol=1e-5)

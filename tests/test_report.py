@@ -1,0 +1,173 @@
+import base64
+import html.parser
+import io
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import report
+from alexnet_jax.data import synthetic_dataset
+from alexnet_jax.errors import UserError
+from alexnet_jax.eval import EvalResult
+
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None
+)
+
+
+class Page(html.parser.HTMLParser):
+    """The parts of a report page the tests look at: images, table ids, scripts and links."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.images, self.tables, self.external = [], [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "table":
+            self.tables.append(attrs.get("id"))
+        if tag in ("script", "link", "iframe") or any(
+            value and re.match(r"\w+://", value) for value in attrs.values()
+        ):
+            self.external.append((tag, attrs))
+
+
+def decoded_pngs(page: Page) -> list[Image.Image]:
+    prefix = "data:image/png;base64,"
+    assert all(image["src"].startswith(prefix) for image in page.images)
+    return [
+        Image.open(io.BytesIO(base64.b64decode(image["src"][len(prefix) :])))
+        for image in page.images
+    ]
+
+
+def cell(text, name):
+    """The value next to the row header `name` in the page's tables."""
+    match = re.search(rf"<tr><th>{re.escape(name)}</th><td[^>]*>([^<]*)</td>", text)
+    assert match, f"no row {name!r}"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def mnist_report(tiny_run, shared_tfds, tmp_path_factory):
+    """The CLI's report of the tiny run (trained on synthetic data) on the real MNIST test split."""
+    workdir = tmp_path_factory.mktemp("report")
+    shutil.copytree(tiny_run, workdir / "mnist")
+    report.main(["--workdir", str(workdir), "--data-dir", str(shared_tfds)])
+    return workdir / "mnist" / report.REPORT
+
+
+def test_report_of_a_run_on_the_real_test_split(mnist_report):
+    text = mnist_report.read_text()
+    page = Page(text)
+    assert page.tables == ["metrics", "evaluation", "per-class", "config"]
+    assert page.external == []  # self-contained: no script, stylesheet link or URL
+    alts = [image["alt"] for image in page.images]
+    assert alts == [
+        "loss and accuracy curves",
+        "confusion matrix",
+        "sample predictions",
+        "misclassified examples",
+    ]
+    sizes = [png.size for png in decoded_pngs(page)]
+    assert sizes[0] == (1100, 400) and all(w > 300 and h > 300 for w, h in sizes)
+    assert cell(text, "test images") == "10000"
+    accuracy = float(cell(text, "top-1 accuracy").rstrip("%")) / 100
+    assert int(cell(text, "misclassified")) == pytest.approx(10000 * (1 - accuracy), abs=1)
+    assert cell(text, "epochs") == "1"
+    assert cell(text, "image_size") == "67" and cell(text, "data_dir") == "null"
+
+
+def test_report_evaluates_what_training_evaluated(tiny_run, cpu_devices, tmp_path):
+    # The tiny run's last evaluation was of this same synthetic test split.
+    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
+    path = report.write_report(tiny_run, dataset, devices=cpu_devices[:2], out=tmp_path / "r.html")
+    text = path.read_text()
+    assert cell(text, "test accuracy") == cell(text, "top-1 accuracy")
+    assert cell(text, "test images") == "32"
+    assert len(Page(text).images) == 4
+
+
+def test_misclassified_examples_are_the_wrong_predictions():
+    labels = np.arange(40) % 10
+    predictions = labels.copy()
+    predictions[[3, 5, 7]] = 0  # three mistakes: images 3, 5 and 7
+    images = np.zeros((40, 28, 28, 1), np.uint8)
+    result = EvalResult(0.5, 37 / 40, predictions, labels, 10)
+    text = report.render_html(
+        "mnist: x", {"seed": 0}, [], result, images, [str(i) for i in range(10)], "epoch 1"
+    )
+    assert "The first 3 of 3 misclassified test images." in text
+    assert cell(text, "3") == "75.00%" and cell(text, "0") == "100.00%"  # per-class accuracy
+    assert [i["alt"] for i in Page(text).images] == [
+        "confusion matrix",
+        "sample predictions",
+        "misclassified examples",
+    ]  # no history: no curves
+    no_mistakes = EvalResult(0.1, 1.0, labels, labels, 10)
+    text = report.render_html("m: x", {}, [], no_mistakes, images, list("0123456789"), "e")
+    assert "<p>None.</p>" in text and len(Page(text).images) == 2
+
+
+def test_runs_are_found_below_a_workdir(tmp_path):
+    for run in ("a/mnist", "b/cifar10", "c"):
+        (tmp_path / run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "notes").mkdir()
+    assert report.find_runs(tmp_path) == [tmp_path / r for r in ("a/mnist", "b/cifar10", "c")]
+    assert report.find_runs(tmp_path / "c") == [tmp_path / "c"]
+    with pytest.raises(UserError, match="holds no run"):
+        report.find_runs(tmp_path / "notes")
+
+
+def test_report_cli_on_a_folder_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "holds no run" in capsys.readouterr().err
+
+
+def run_chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",  # we may be root, in a container
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
+def test_report_renders_in_a_headless_browser(mnist_report, tmp_path):
+    url = mnist_report.resolve().as_uri()
+    dom = Page(run_chromium(tmp_path, "--dump-dom", url).stdout)
+    assert dom.tables == ["metrics", "evaluation", "per-class", "config"]
+    assert len(decoded_pngs(dom)) == 4
+
+    shot = tmp_path / "page.png"
+    run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,4200", url)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+
+    def count(colour, within=30):
+        return int((np.abs(pixels - colour).sum(1) < within).sum())
+
+    # What the browser drew from the embedded PNGs: the orange test points of the curves,
+    # the darkest blue of the confusion matrix and the black backgrounds of the MNIST digits.
+    assert count((255, 127, 14)) > 20
+    assert count((8, 48, 107)) > 500
+    assert count((0, 0, 0), within=3) > 50_000
+    assert count((255, 255, 255), within=3) < 0.9 * len(pixels)
