@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
+from alexnet_jax.distributed import is_primary
 from alexnet_jax.errors import UserError
 
 
@@ -214,7 +215,10 @@ def _read_split(builder, split: str, data_dir: str, start: int = 0, stop: int | 
         ids = []
         chunk = 5000
         for first in tqdm(
-            range(0, len(source), chunk), desc=f"reading {builder.name} {selection}", leave=False
+            range(0, len(source), chunk),
+            desc=f"reading {builder.name} {selection}",
+            leave=False,
+            disable=not is_primary(),
         ):
             items = source.__getitems__(list(range(first, min(first + chunk, len(source)))))
             for i, item in enumerate(items, first):

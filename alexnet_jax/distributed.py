@@ -4,6 +4,9 @@ Every process runs the same program over one global device mesh; JAX's coordinat
 (`jax.distributed.initialize`) connects them, and on CPUs the collectives go over gloo.
 """
 
+import socket
+import time
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -30,6 +33,16 @@ def initialize(
         raise UserError("give all of --coordinator HOST:PORT, --num-processes N and --process-id I")
     if num_processes is not None and not 0 <= (process_id or 0) < num_processes:
         raise UserError(f"--process-id {process_id} must lie in 0 .. {num_processes - 1}")
+    if coordinator and process_id != 0:
+        # JAX aborts the whole process when it cannot reach the coordinator; check first, so
+        # that the user gets a line naming the address instead.
+        wait_for_coordinator(coordinator, timeout_seconds)
+    elif coordinator:
+        print(
+            f"process 0: waiting up to {timeout_seconds} s for {num_processes} processes at "
+            f"{coordinator}",
+            flush=True,
+        )
     # CPU devices of different processes talk through gloo; GPUs and TPUs have their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -48,6 +61,25 @@ def initialize(
         ) from e
 
 
+def wait_for_coordinator(address: str, timeout_seconds: float) -> None:
+    """Retry a TCP connection to HOST:PORT until it opens or `timeout_seconds` pass."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--coordinator {address!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"could not join the coordinator at {address} within {timeout_seconds} s "
+                    f"({e.strerror or e}): check the address and that process 0 runs"
+                ) from e
+            time.sleep(0.5)
+
+
 def is_primary() -> bool:
     """Process 0 prints, writes metrics and plots; the others stay quiet."""
     return jax.process_index() == 0
@@ -63,6 +95,13 @@ def gather(array) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(jax.device_get(array))
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
 def barrier(name: str) -> None:

@@ -3,6 +3,9 @@
 import signal
 import threading
 
+import jax
+
+from alexnet_jax.distributed import any_process
 from alexnet_jax.errors import UserError
 
 
@@ -24,7 +27,8 @@ class StopRequests:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None  # the signal this process received
+        self.elsewhere = False  # another process received one
         self._previous = {}
 
     def _handle(self, signum, frame):
@@ -44,6 +48,29 @@ class StopRequests:
         self._previous = {}
         return False
 
+    def should_stop(self, synchronise: bool) -> bool:
+        """Whether to stop now.
+
+        With several processes, all must stop after the same step or the others would wait
+        forever in the next collective; so they decide together, and only where every process
+        calls this with `synchronise` (the same steps everywhere).
+        """
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if synchronise and not self.elsewhere:
+            self.elsewhere = any_process(self.signum is not None) and self.signum is None
+        return synchronise and (self.signum is not None or self.elsewhere)
+
+    @property
+    def stopped(self) -> bool:
+        return self.signum is not None or self.elsewhere
+
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
+        if self.signum:
+            return signal.Signals(self.signum).name
+        return "a stop request to another process" if self.elsewhere else ""
+
+    @property
+    def exit_signal(self) -> int:
+        return self.signum or signal.SIGTERM

@@ -255,7 +255,7 @@ def train_and_evaluate(
                 state, totals = run_epoch(
                     state, batches, steps_per_epoch, step_fn, epoch, config, stop
                 )
-                if stop.signum:
+                if stop.stopped:
                     raise interrupted(stop, epoch, checkpoints)
                 train_time = time.perf_counter() - start
                 result = evaluate(state, eval_split, eval_fn, data.num_classes)
@@ -342,7 +342,7 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
         bar.update(len(pending))
         pending = []
         now = time.perf_counter()
-        if totals["count"]:
+        if images:
             bar.set_postfix(
                 loss=f"{totals['loss_sum'] / totals['count']:.4f}",
                 acc=f"{totals['correct'] / totals['count']:.4f}",
@@ -353,13 +353,15 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
     for batch in batches:
         state, metrics = step_fn(state, batch, step_rng(state.rng, state.step))
         pending.append(metrics)
-        if len(pending) == config.log_every:
+        synchronise = len(pending) == config.log_every
+        if synchronise:
             drain()
-        if stop.signum:
+        if stop.should_stop(synchronise):
             break
     drain()
     bar.close()
-    if not stop.signum and totals["count"] == 0:
+    stop.should_stop(synchronise=True)  # the epoch's end: every process decides here too
+    if not stop.stopped and totals["count"] == 0:
         raise NonFiniteLoss(
             f"every step of epoch {epoch + 1} was non-finite and skipped: lower learning_rate"
         )
@@ -374,11 +376,14 @@ def interrupted(stop: StopRequests, epoch: int, checkpoints: Checkpoints) -> Int
         if latest
         else "no epoch was completed, so nothing was saved: re-run the same command to start"
     )
-    return Interrupted(f"stopped by {stop.name} during epoch {epoch + 1}; {saved}", stop.signum)
+    return Interrupted(
+        f"stopped by {stop.name} during epoch {epoch + 1}; {saved}", stop.exit_signal
+    )
 
 
 @cli
-def main(argv=None):
+def main(argv=None, dataset: Dataset | None = None):
+    """The command line; `dataset` stands in for the TFDS one (the tests' training processes)."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Any config field can be set with --config.FIELD=VALUE.",
@@ -423,7 +428,7 @@ def main(argv=None):
         auto=args.distributed,
         timeout_seconds=args.coordinator_timeout,
     )
-    train_and_evaluate(config, args.workdir)
+    train_and_evaluate(config, args.workdir, dataset)
 
 
 if __name__ == "__main__":

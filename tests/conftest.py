@@ -2,10 +2,12 @@
 
 import os
 
-# Two CPU devices for the data-parallel tests; must be set before JAX is imported.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-).strip()
+# Two CPU devices for the data-parallel tests, unless a test's subprocess asked for another
+# count; must be set before JAX is imported.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
 
 from pathlib import Path  # noqa: E402
 

@@ -3,11 +3,9 @@
 Each test drives real training processes (tests/train_subprocess.py) and bounds every wait.
 """
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -19,8 +17,8 @@ from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state
 
-from conftest import ROOT
 from train_subprocess import config as run_config
+from train_subprocess import start as start_training
 
 EPOCHS = 4
 TIMING_FIELDS = {"train_seconds", "epoch_seconds", "train_images_per_second"}
@@ -28,15 +26,7 @@ PROCESS_TIMEOUT = 240  # seconds; a run of 4 tiny epochs takes about 30
 
 
 def start(workdir) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "train_subprocess.py"), str(workdir), str(EPOCHS)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_training(workdir, EPOCHS)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
