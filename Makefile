@@ -13,13 +13,14 @@ DATA_DIR_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # One stamp per set of extras, so that asking for other extras installs them.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help install train-mnist train-cifar10 quick eval predict report summary test lint format \
+.PHONY: help install train-mnist train-cifar10 quick accuracy-cifar10 accuracy-mnist eval predict report summary test lint format \
 	prepare-data clean
 
 help:
 	@echo "make train-mnist | train-cifar10   train the seed model (224x224) in $(WORKDIR)/<dataset>/"
 	@echo "make quick                         MNIST at 67x67, a few minutes on a CPU"
 	@echo "make eval CKPT=runs/mnist          evaluate a run or checkpoint"
+	@echo "make accuracy-cifar10 | accuracy-mnist   3 seeds, test accuracy mean/std into experiments/results"
 	@echo "make predict CKPT=runs/mnist ARGS='digit.png'   classify image files"
 	@echo "make report                        an HTML report per run in $(WORKDIR)"
 	@echo "make summary                       the Keras-style layer tables"
@@ -43,6 +44,13 @@ train-cifar10: install
 
 quick: install
 	$(BIN)/python -m alexnet_jax.train --config experiments/quick.py --workdir $(WORKDIR)/quick $(DATA_DIR_FLAG) $(ARGS)
+
+SEEDS ?= 0 1 2
+accuracy-cifar10: install
+	$(BIN)/python -m alexnet_jax.seeds --config experiments/cifar10.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/cifar10-seeds $(DATA_DIR_FLAG) $(ARGS)
+
+accuracy-mnist: install
+	$(BIN)/python -m alexnet_jax.seeds --config experiments/mnist.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/mnist-seeds $(DATA_DIR_FLAG) $(ARGS)
 
 eval: install
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=runs/mnist [ARGS='--json out.json']"; exit 2; }

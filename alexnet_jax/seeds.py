@@ -1,0 +1,149 @@
+"""Repeat an experiment over seeds and summarise it:
+
+    python -m alexnet_jax.seeds --config experiments/cifar10.py --seeds 0 1 2 \
+        --workdir runs/seeds --results experiments/results/cifar10 [--config.FIELD=VALUE ...]
+
+Each seed trains in <workdir>/seed<k>/<dataset>/ (resumable like any run) and is then evaluated
+on the test split, single-crop and with flip averaging. With --results, each run's evidence
+(config, metrics history, curves, both evaluations as JSON) is copied there with a summary:
+mean and standard deviation over the seeds, epochs and wall time, as JSON and as a Markdown
+table. Tune with `validation_examples` (the held-out end of the training split); the test split
+is only evaluated here, for the figures you report.
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from alexnet_jax import artifacts, checkpoint
+from alexnet_jax.config import apply_overrides, load_config, validate
+from alexnet_jax.data import Dataset, load_dataset
+from alexnet_jax.errors import UserError, cli
+from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator, result_json
+from alexnet_jax.parallel import make_mesh
+from alexnet_jax.train import train_and_evaluate
+
+EVIDENCE = (artifacts.HISTORY, artifacts.CONFIG, "{dataset}_loss.png", "{dataset}_confusion.png")
+
+
+def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = None) -> dict:
+    """Train and evaluate `config` once per seed; returns (and writes) the summary."""
+    validate(config)
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
+    source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
+    mesh = make_mesh()
+    runs = []
+    for seed in seeds:
+        seeded = config.copy_and_resolve_references()
+        seeded.seed = seed
+        run_dir = Path(workdir) / f"seed{seed}" / config.dataset
+        history = train_and_evaluate(seeded, run_dir.parent, dataset)
+        trained = checkpoint.load_trained(run_dir, mesh=mesh)
+        evaluations = {}
+        for flip in (False, True):
+            seeded.eval_flip = flip
+            split = DeviceSplit(source.test, seeded.eval_batch_size, mesh)
+            result = evaluate(trained.state, split, make_evaluator(seeded, mesh))
+            evaluations[flip] = result
+            if results:
+                payload = result_json(
+                    result,
+                    source.class_names,
+                    dataset=config.dataset,
+                    checkpoint=str(trained.path),
+                    epoch=trained.epoch,
+                    eval_flip=flip,
+                    seed=seed,
+                )
+                target = Path(results) / f"seed{seed}"
+                target.mkdir(parents=True, exist_ok=True)
+                name = "eval_flip.json" if flip else "eval.json"
+                (target / name).write_text(json.dumps(payload, indent=2) + "\n")
+                for pattern in EVIDENCE:
+                    evidence = run_dir / pattern.format(dataset=config.dataset)
+                    if evidence.exists():
+                        shutil.copy(evidence, target / evidence.name)
+        runs.append(
+            {
+                "seed": seed,
+                "epochs": len(history),
+                "wall_seconds": round(sum(row["epoch_seconds"] for row in history), 1),
+                "test_accuracy": evaluations[False].accuracy,
+                "test_accuracy_flip": evaluations[True].accuracy,
+            }
+        )
+    summary = summarize(config, runs)
+    if results:
+        Path(results).mkdir(parents=True, exist_ok=True)
+        (Path(results) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (Path(results) / "summary.md").write_text(markdown(summary) + "\n")
+    return summary
+
+
+def summarize(config, runs: list[dict]) -> dict:
+    def spread(key):
+        values = [run[key] for run in runs]
+        return {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+
+    return {
+        "dataset": config.dataset,
+        "seeds": [run["seed"] for run in runs],
+        "runs": runs,
+        "test_accuracy": spread("test_accuracy"),
+        "test_accuracy_flip": spread("test_accuracy_flip"),
+        "epochs": runs[0]["epochs"] if runs else 0,
+        "wall_seconds": spread("wall_seconds"),
+    }
+
+
+def markdown(summary: dict) -> str:
+    """One row per seed and a mean ± std row, accuracies in percent."""
+    lines = [
+        "| seed | epochs | wall time (s) | test accuracy | with flip TTA |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for run in summary["runs"]:
+        lines.append(
+            f"| {run['seed']} | {run['epochs']} | {run['wall_seconds']:.0f} | "
+            f"{run['test_accuracy']:.2%} | {run['test_accuracy_flip']:.2%} |"
+        )
+    single, flip = summary["test_accuracy"], summary["test_accuracy_flip"]
+    lines.append(
+        f"| mean ± std | {summary['epochs']} | {summary['wall_seconds']['mean']:.0f} | "
+        f"{single['mean']:.2%} ± {single['std']:.2%} | {flip['mean']:.2%} ± {flip['std']:.2%} |"
+    )
+    return "\n".join(lines)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Any config field can be set with --config.FIELD=VALUE.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", required=True, help="experiment file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workdir", default="runs/seeds")
+    parser.add_argument("--results", help="copy the evidence and the summary here")
+    parser.add_argument("--data-dir", help="TFDS data dir")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [arg for arg in rest if not arg.startswith("--config.")]
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]}: see --help")
+    config = load_config(args.config)
+    apply_overrides(config, [arg.removeprefix("--config.") for arg in rest])
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    summary = run_seeds(config, args.seeds, args.workdir, args.results)
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
