@@ -75,3 +75,20 @@ def tiny_run(tmp_path_factory, cpu_devices) -> Path:
     dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
     train.train_and_evaluate(tiny_config(num_epochs=1), workdir, dataset, cpu_devices[:2])
     return workdir / "mnist"
+
+
+def train_until_interrupted(config, workdir, dataset, devices, epochs: int, monkeypatch):
+    """Train `config` but break off (as Ctrl-C would) once `epochs` epochs are saved."""
+    from alexnet_jax import artifacts, train
+
+    write_history = artifacts.write_history
+
+    def interrupt(run_dir, history):
+        write_history(run_dir, history)
+        if len(history) == epochs:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(artifacts, "write_history", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train.train_and_evaluate(config, workdir, dataset, devices)

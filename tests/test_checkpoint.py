@@ -2,13 +2,13 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import artifacts, train
+from alexnet_jax import train
 from alexnet_jax.checkpoint import QUARANTINE, Checkpoints, CorruptCheckpoint, locate
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state
 
-from conftest import tiny_config
+from conftest import tiny_config, train_until_interrupted
 
 
 def row(epoch, accuracy):
@@ -153,17 +153,7 @@ def test_resume_falls_back_to_the_last_readable_checkpoint(
     tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys
 ):
     config = tiny_config(num_epochs=3)
-    write_history = artifacts.write_history
-
-    def interrupt_after_two_epochs(run_dir, history):
-        write_history(run_dir, history)
-        if len(history) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(artifacts, "write_history", interrupt_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
-    monkeypatch.setattr(artifacts, "write_history", write_history)
+    train_until_interrupted(config, tmp_path, tiny_dataset, cpu_devices[:1], 2, monkeypatch)
 
     run = tmp_path / "mnist"
     data = largest_file(run / "checkpoints" / "2" / "state")

@@ -13,7 +13,7 @@ from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh, replicated
 from alexnet_jax.state import create_train_state
 
-from conftest import tiny_config
+from conftest import tiny_config, train_until_interrupted
 
 
 def one_step(config, dataset, devices):
@@ -81,17 +81,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
     devices = cpu_devices[:1]
     train.train_and_evaluate(config, tmp_path / "straight", tiny_dataset, devices)
 
-    write_history = artifacts.write_history
-
-    def interrupt_after_first_epoch(run_dir, history):
-        write_history(run_dir, history)
-        if len(history) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(artifacts, "write_history", interrupt_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config, tmp_path / "resumed", tiny_dataset, devices)
-    monkeypatch.setattr(artifacts, "write_history", write_history)
+    train_until_interrupted(config, tmp_path / "resumed", tiny_dataset, devices, 1, monkeypatch)
     history = train.train_and_evaluate(config, tmp_path / "resumed", tiny_dataset, devices)
     assert len(history) == 3
 
