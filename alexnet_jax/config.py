@@ -53,14 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # the last N epochs; the best by test accuracy is kept as well
     c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
     # Training steps run by one call to the device (a lax.scan over them); the same result as
-    # one step at a time. Stop requests and progress take effect between calls.
+    # one step at a time, to float rounding. Stop requests and progress take effect between calls.
     c.steps_per_dispatch = 1
     return c
 
 
-# Fields that may change when a run resumes: they do not alter what has been computed. (A
-# change of `stem` computes the same function, up to float rounding; `steps_per_dispatch` gives
-# the same bits.)
+# Fields that may change when a run resumes: they do not alter what has been computed. (`stem`
+# and `steps_per_dispatch` compute the same function; the results differ by float rounding.)
 RESUMABLE_CHANGES = frozenset(
     {
         "data_dir",

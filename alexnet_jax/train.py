@@ -30,7 +30,7 @@ from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.interrupt import Interrupted, StopRequests
 from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh, replicated
-from alexnet_jax.pipeline import TrainPartitions
+from alexnet_jax.pipeline import TrainPartitions, device_batch
 from alexnet_jax.state import TrainState, compute_dtype, create_train_state
 
 
@@ -107,10 +107,10 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
-    """`train_step` compiled and data-parallel over `mesh`: (state, global batch, rng) -> ..."""
+def step_body(config: ml_collections.ConfigDict):
+    """`train_step` with the config's options bound: (state, batch, rng) -> (state, metrics)."""
     dataset = spec(config.dataset)
-    body = functools.partial(
+    return functools.partial(
         train_step,
         image_size=config.image_size,
         mean=dataset.mean,
@@ -120,14 +120,72 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
         flip=config.flip,
         label_smoothing=config.label_smoothing,
     )
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
+    """`train_step` compiled and data-parallel over `mesh`: (state, global batch, rng) -> ..."""
     sharded = jax.shard_map(
-        body,
+        step_body(config),
         mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec()),
         out_specs=(PartitionSpec(), PartitionSpec()),
     )
     # The old state's buffers are reused for the new one.
     return jax.jit(sharded, donate_argnums=0)
+
+
+def make_train_steps(config: ml_collections.ConfigDict, mesh: Mesh, partitions: TrainPartitions):
+    """Several train steps in one call: (state, orders, first, count) -> (state, metrics).
+
+    Runs steps `first` .. `first + count - 1` of the epoch whose `orders` are given, as a
+    `lax.scan` on the devices: each device gathers its slice of every batch from its training
+    partition, and each step draws its randomness from the carried state by `step_rng`, so the
+    result is that of `count` calls of `make_train_step`'s function (to float rounding: XLA
+    compiles a step inside a loop differently). Metrics are stacked, one
+    row per step. `count` is static: one program is compiled per distinct count (the
+    configured one, and the remainder at the end of an epoch when it does not divide).
+    """
+    body = step_body(config)
+    size = partitions.device_batch
+
+    def per_device(state, images, labels, orders, first, *, count):
+        def one(state, i):
+            batch = device_batch(images, labels, orders, first + i, size=size)
+            return body(state, batch, step_rng(state.rng, state.step))
+
+        return jax.lax.scan(one, state, jnp.arange(count, dtype=jnp.int32))
+
+    @functools.cache
+    def compiled(count: int):
+        sharded = jax.shard_map(
+            functools.partial(per_device, count=count),
+            mesh=mesh,
+            in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
+            out_specs=(PartitionSpec(), PartitionSpec()),
+        )
+        return jax.jit(sharded, donate_argnums=0)
+
+    def run(state, orders, first: int, count: int):
+        first = jnp.asarray(first, jnp.int32)
+        return compiled(count)(state, partitions.images, partitions.labels, orders, first)
+
+    return run
+
+
+def dispatch_steps(metrics) -> int:
+    """How many steps a call's metrics hold: 1 for one step, the stacked length for several."""
+    shape = np.shape(metrics["nonfinite"])
+    return shape[0] if shape else 1
+
+
+def per_step(metrics_list):
+    """The metrics of single steps and of stacked dispatches, as one dict per step, in order."""
+    for metrics in metrics_list:
+        if np.ndim(metrics["nonfinite"]) == 0:
+            yield metrics
+        else:
+            for i in range(len(metrics["nonfinite"])):
+                yield {key: value[i] for key, value in metrics.items()}
 
 
 def step_rng(rng, step):
@@ -242,8 +300,18 @@ def train_and_evaluate(
         f"{config.image_size}, {jnp.dtype(compute_dtype(config)).name}"
     )
     eval_split = DeviceSplit(data.evaluation, config.eval_batch_size, mesh)
-    step_fn = make_train_step(config, mesh)
     eval_fn = make_evaluator(config, mesh)
+    per_dispatch = config.steps_per_dispatch
+    if per_dispatch == 1:
+        single = make_train_step(config, mesh)
+
+        def step_fn(state, batch):
+            return single(state, batch, step_rng(state.rng, state.step))
+    else:
+        steps = make_train_steps(config, mesh, partitions)
+
+        def step_fn(state, work):
+            return steps(state, *work)
 
     result = None
     with StopRequests() as stop:
@@ -251,7 +319,13 @@ def train_and_evaluate(
             for epoch in range(len(history), config.num_epochs):
                 start = time.perf_counter()
                 orders = partitions.epoch_orders(state.rng, epoch)
-                batches = (partitions.batch(orders, i) for i in range(steps_per_epoch))
+                if per_dispatch == 1:
+                    batches = (partitions.batch(orders, i) for i in range(steps_per_epoch))
+                else:  # (orders, first step, count) of each call
+                    batches = (
+                        (orders, first, min(per_dispatch, steps_per_epoch - first))
+                        for first in range(0, steps_per_epoch, per_dispatch)
+                    )
                 state, totals = run_epoch(
                     state, batches, steps_per_epoch, step_fn, epoch, config, stop
                 )
@@ -302,8 +376,9 @@ def train_and_evaluate(
 def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: StopRequests):
     """Train one epoch; returns the state and the summed metrics of its finite steps.
 
-    Stops early (without error) when a stop was requested; raises NonFiniteLoss at the first
-    non-finite step unless the config skips them.
+    `step_fn(state, batch)` runs one step, or several (then `batch` says which and the
+    metrics are stacked). Stops early (without error) when a stop was requested; raises
+    NonFiniteLoss at the first non-finite step unless the config skips them.
     """
     totals = {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0}
     first_step = int(state.step)
@@ -315,15 +390,15 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
         dynamic_ncols=True,
         disable=not is_primary(),
     )
-    pending = []
+    pending, pending_steps = [], 0
     interval_start = time.perf_counter()
 
     def drain():
-        nonlocal pending, interval_start
+        nonlocal pending, pending_steps, interval_start
         # Fetching the metrics waits for the device; doing it every few steps keeps the
         # device busy in between.
         images = 0
-        for offset, metrics in enumerate(jax.device_get(pending)):
+        for offset, metrics in enumerate(per_step(jax.device_get(pending))):
             step = first_step + bar.n + offset + 1
             if metrics["nonfinite"]:
                 if config.nonfinite == "stop":
@@ -339,8 +414,8 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
             for key in ("loss_sum", "correct", "count"):
                 totals[key] += metrics[key]
             images += int(metrics["count"])
-        bar.update(len(pending))
-        pending = []
+        bar.update(pending_steps)
+        pending, pending_steps = [], 0
         now = time.perf_counter()
         if totals["count"]:
             bar.set_postfix(
@@ -351,9 +426,10 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
         interval_start = now
 
     for batch in batches:
-        state, metrics = step_fn(state, batch, step_rng(state.rng, state.step))
+        state, metrics = step_fn(state, batch)
         pending.append(metrics)
-        if len(pending) == config.log_every:
+        pending_steps += dispatch_steps(metrics)
+        if pending_steps >= config.log_every:
             drain()
         if stop.signum:
             break
