@@ -52,14 +52,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.nonfinite = "stop"  # on a NaN/inf loss or gradient: stop the run | skip the step
     c.keep_checkpoints = 3  # the last N epochs; the best by test accuracy is kept as well
     c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
-    # Training steps run by one call to the device (a lax.scan over them); the same result as
-    # one step at a time, to float rounding. Stop requests and progress take effect between calls.
+    # Training steps run by one call to the devices (an unrolled lax.scan): the same bits as one
+    # step at a time. Stop requests and progress take effect between calls; compiling takes
+    # longer the more steps a call holds.
     c.steps_per_dispatch = 1
     return c
 
 
 # Fields that may change when a run resumes: they do not alter what has been computed. (`stem`
-# and `steps_per_dispatch` compute the same function; the results differ by float rounding.)
+# computes the same function, up to float rounding; `steps_per_dispatch` gives the same bits.)
 RESUMABLE_CHANGES = frozenset(
     {
         "data_dir",
