@@ -92,8 +92,15 @@ def environment() -> dict:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
     }
+
+
+def command_line() -> str:
+    """This process's command, as typed: `python -m alexnet_jax.bench ...` or `python f.py ...`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None else [os.path.relpath(sys.argv[0])]
+    return " ".join(["python", *program, *sys.argv[1:]])
 
 
 def program_bytes(compiled) -> int | None:
