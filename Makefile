@@ -14,7 +14,7 @@ DATA_DIR_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: help install train-mnist train-cifar10 quick accuracy-cifar10 accuracy-mnist eval predict report summary test lint format \
-	prepare-data clean
+	prepare-data bench bench-peers bench-tta clean
 
 help:
 	@echo "make train-mnist | train-cifar10   train the seed model (224x224) in $(WORKDIR)/<dataset>/"
@@ -25,6 +25,9 @@ help:
 	@echo "make report                        an HTML report per run in $(WORKDIR)"
 	@echo "make summary                       the Keras-style layer tables"
 	@echo "make test | lint                   tests | ruff"
+	@echo "make bench                         train/eval images/s per configuration (ARGS='--out f.json')"
+	@echo "make bench-peers                   our step against Keras 3 model.fit, same process and device"
+	@echo "make bench-tta                     seconds to 90% on CIFAR-10 and 99.5% on MNIST"
 	@echo "make prepare-data                  download and prepare MNIST and CIFAR-10 (needs TensorFlow)"
 	@echo "options: DATA_DIR=dir WORKDIR=dir ARGS='--config.num_epochs=3' EXTRAS=dev,cuda"
 
@@ -71,12 +74,26 @@ test: install
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
-	$(BIN)/ruff check alexnet_jax experiments tests
-	$(BIN)/ruff format --check alexnet_jax experiments tests
+	$(BIN)/ruff check alexnet_jax experiments tests benchmarks
+	$(BIN)/ruff format --check alexnet_jax experiments tests benchmarks
 
 format: install
-	$(BIN)/ruff format alexnet_jax experiments tests
-	$(BIN)/ruff check --fix alexnet_jax experiments tests
+	$(BIN)/ruff format alexnet_jax experiments tests benchmarks
+	$(BIN)/ruff check --fix alexnet_jax experiments tests benchmarks
+
+# Benchmarks: small sizes on a CPU (seconds), the experiments' sizes on an accelerator.
+bench: install
+	$(BIN)/python -m alexnet_jax.bench $(ARGS)
+
+bench-peers: install
+	$(BIN)/python benchmarks/keras_peer.py $(ARGS)
+
+# Both datasets run even when the first misses its target; the status says whether both reached.
+bench-tta: install
+	status=0; for d in cifar10 mnist; do \
+	  $(BIN)/python -m alexnet_jax.tta --config experiments/$$d.py --out $(WORKDIR)/bench/tta-$$d.json \
+	    $(DATA_DIR_FLAG) $(ARGS) || status=1; \
+	done; exit $$status
 
 prepare-data:
 	$(MAKE) install EXTRAS=dev,prepare

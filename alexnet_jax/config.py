@@ -14,7 +14,7 @@ from ml_collections import config_dict
 
 from alexnet_jax.data import DATASETS
 from alexnet_jax.errors import UserError
-from alexnet_jax.model import MIN_IMAGE_SIZE
+from alexnet_jax.model import MIN_IMAGE_SIZE, STEMS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -27,6 +27,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.validation_examples = 0  # hold out the last N training images and evaluate on them
     c.image_size = 224  # the seed resizes every image to 224x224
     c.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU; or name one
+    # How the 11x11/4 first convolution is computed: space_to_depth (a 3x3/1 convolution over
+    # 4x4 blocks, faster on accelerators) or conv11; the same parameters and function.
+    c.stem = "space_to_depth"
     c.seed = 0
 
     c.num_epochs = 30
@@ -49,17 +52,32 @@ def default_config() -> ml_collections.ConfigDict:
     c.nonfinite = "stop"  # on a NaN/inf loss or gradient: stop the run | skip the step
     c.keep_checkpoints = 3  # the last N epochs; the best by test accuracy is kept as well
     c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
+    # Training steps run by one call to the devices (an unrolled lax.scan): the same bits as one
+    # step at a time. Stop requests and progress take effect between calls; compiling takes
+    # longer the more steps a call holds.
+    c.steps_per_dispatch = 1
     return c
 
 
-# Fields that may change when a run resumes: they do not alter what has been computed.
+# Fields that may change when a run resumes: they do not alter what has been computed. (`stem`
+# computes the same function, up to float rounding; `steps_per_dispatch` gives the same bits.)
 RESUMABLE_CHANGES = frozenset(
-    {"data_dir", "download", "keep_checkpoints", "log_every", "eval_batch_size", "nonfinite"}
+    {
+        "data_dir",
+        "download",
+        "keep_checkpoints",
+        "log_every",
+        "eval_batch_size",
+        "nonfinite",
+        "stem",
+        "steps_per_dispatch",
+    }
 )
 
 CHOICES = {
     "dataset": tuple(sorted(DATASETS)),
     "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "stem": STEMS,
     "optimizer": ("sgd", "adamw"),
     "schedule": ("warmup_cosine", "constant"),
     "nonfinite": ("stop", "skip"),
@@ -133,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "eval_batch_size": 1,
         "keep_checkpoints": 1,
         "log_every": 1,
+        "steps_per_dispatch": 1,
         "train_examples": 0,
         "validation_examples": 0,
         "crop_padding": 0,

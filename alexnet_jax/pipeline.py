@@ -51,7 +51,7 @@ class TrainPartitions:
         )
         self._take = jax.jit(
             jax.shard_map(
-                functools.partial(_device_batch, size=self.device_batch),
+                functools.partial(device_batch, size=self.device_batch),
                 mesh=mesh,
                 in_specs=(PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
                 out_specs=PartitionSpec(DATA_AXIS),
@@ -77,6 +77,7 @@ def _device_order(rng, epoch, *, size):
     return jax.random.permutation(key, size)[None]
 
 
-def _device_batch(images, labels, orders, step, *, size):
+def device_batch(images, labels, orders, step, *, size):
+    """This device's slice of the batch of `step` (per-device code under `shard_map`)."""
     indices = jax.lax.dynamic_slice_in_dim(orders[0], step * size, size)
     return {"image": images[0][indices], "label": labels[0][indices]}

@@ -33,6 +33,7 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int = 10) -> Alex
         dropout_rate=config.dropout_rate,
         dtype=compute_dtype(config),
         axis_name=DATA_AXIS,
+        stem=config.stem,
     )
 
 

@@ -30,7 +30,7 @@ from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.interrupt import Interrupted, StopRequests
 from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh, replicated
-from alexnet_jax.pipeline import TrainPartitions
+from alexnet_jax.pipeline import TrainPartitions, device_batch
 from alexnet_jax.state import TrainState, compute_dtype, create_train_state
 
 
@@ -84,10 +84,16 @@ def train_step(
     params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, DATA_AXIS)
+    # A step whose loss, gradients or BatchNorm statistics are not finite leaves the state as
+    # it was (but for the step count), so neither a skipped step nor the state kept when
+    # stopping holds NaNs. The check comes before the update, so that XLA fuses the choice of
+    # old or new parameters and optimiser state into the update itself; checking the new
+    # parameters as well cost a fifth of the step on a CPU at 67x67 (README: Speed). Finite
+    # gradients give finite parameters unless an update overflows float32. (The statistics
+    # are a few thousand numbers; checking them keeps their rounding that of a single step
+    # when several steps run in one call.)
+    finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, batch_stats))
     updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    # A step whose loss, gradients or result is not finite leaves the state as it was (but for
-    # the step count), so neither a skipped step nor the state kept when stopping holds NaNs.
-    finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, updated.params, batch_stats))
     state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     state = state.replace(step=updated.step)
     metrics = jax.lax.psum(
@@ -107,10 +113,10 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
-    """`train_step` compiled and data-parallel over `mesh`: (state, global batch, rng) -> ..."""
+def step_body(config: ml_collections.ConfigDict):
+    """`train_step` with the config's options bound: (state, batch, rng) -> (state, metrics)."""
     dataset = spec(config.dataset)
-    body = functools.partial(
+    return functools.partial(
         train_step,
         image_size=config.image_size,
         mean=dataset.mean,
@@ -120,14 +126,117 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
         flip=config.flip,
         label_smoothing=config.label_smoothing,
     )
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
+    """`train_step` compiled and data-parallel over `mesh`: (state, global batch, rng) -> ..."""
     sharded = jax.shard_map(
-        body,
+        step_body(config),
         mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec()),
         out_specs=(PartitionSpec(), PartitionSpec()),
     )
     # The old state's buffers are reused for the new one.
     return jax.jit(sharded, donate_argnums=0)
+
+
+def make_train_steps(config: ml_collections.ConfigDict, mesh: Mesh, partitions: TrainPartitions):
+    """Several train steps in one call: (state, orders, first, count) -> (state, metrics).
+
+    Runs steps `first` .. `first + count - 1` of the epoch whose `orders` are given: each device
+    gathers its slice of every batch from its training partition, and each step draws its
+    randomness from the carried state by `step_rng`, so the result is that of `count` calls of
+    `make_train_step`'s function, bit for bit (tested). Metrics are stacked, one row per step.
+
+    The scan is unrolled: the program is `count` steps in a row, with no loop on the device.
+    (XLA:CPU ran the step inside a loop 6x slower, and with other rounding.) Compilation grows
+    with `count`, and `count` is static: one program per distinct count (the configured one,
+    and the remainder at the end of an epoch when it does not divide the steps per epoch).
+    """
+    body = step_body(config)
+    size = partitions.device_batch
+
+    def per_device(state, images, labels, orders, first, *, count):
+        def one(state, i):
+            batch = device_batch(images, labels, orders, first + i, size=size)
+            return body(state, batch, step_rng(state.rng, state.step))
+
+        return jax.lax.scan(one, state, jnp.arange(count, dtype=jnp.int32), unroll=True)
+
+    @functools.cache
+    def compiled(count: int):
+        sharded = jax.shard_map(
+            functools.partial(per_device, count=count),
+            mesh=mesh,
+            in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
+            out_specs=(PartitionSpec(), PartitionSpec()),
+        )
+        return jax.jit(sharded, donate_argnums=0)
+
+    def arguments(state, orders, first):
+        return state, partitions.images, partitions.labels, orders, jnp.asarray(first, jnp.int32)
+
+    def run(state, orders, first: int, count: int):
+        return compiled(count)(*arguments(state, orders, first))
+
+    # For ahead-of-time compilation (the benchmark): the program of `count` steps, lowered.
+    run.lower = lambda state, orders, count: compiled(count).lower(*arguments(state, orders, 0))
+    return run
+
+
+class TrainCalls:
+    """The calls to the devices that train an epoch: one step each, or `steps_per_dispatch`.
+
+    `epoch(orders)` yields what `step(state, work) -> (state, metrics)` takes, call by call:
+    a batch gathered by its own call for single steps (`make_train_step`), else the range of
+    steps that one `make_train_steps` call runs (the last call of an epoch runs what is left).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, partitions: TrainPartitions):
+        self.per_call = config.steps_per_dispatch
+        self.partitions = partitions
+        if self.per_call == 1:
+            self.single = make_train_step(config, mesh)
+        else:
+            self.several = make_train_steps(config, mesh, partitions)
+
+    def epoch(self, orders):
+        steps = self.partitions.steps_per_epoch
+        if self.per_call == 1:
+            return (self.partitions.batch(orders, i) for i in range(steps))
+        return (
+            (orders, first, min(self.per_call, steps - first))
+            for first in range(0, steps, self.per_call)
+        )
+
+    def step(self, state, work):
+        if self.per_call == 1:
+            return self.single(state, work, step_rng(state.rng, state.step))
+        return self.several(state, *work)
+
+    def lower(self, state, orders) -> list:
+        """Every distinct program an epoch runs, lowered (`.compile()` fills jit's cache)."""
+        if self.per_call == 1:
+            batch = self.partitions.batch(orders, 0)
+            return [self.single.lower(state, batch, step_rng(state.rng, state.step))]
+        counts = sorted({count for _, _, count in self.epoch(orders)})
+        return [self.several.lower(state, orders, count) for count in counts]
+
+
+def dispatch_steps(metrics) -> int:
+    """How many steps a call's metrics hold: 1 for one step, the stacked length for several."""
+    shape = np.shape(metrics["nonfinite"])
+    return shape[0] if shape else 1
+
+
+def per_step(metrics_list):
+    """The metrics of single steps and of stacked dispatches, as one dict per step, in order."""
+    for metrics in metrics_list:
+        if np.ndim(metrics["nonfinite"]) == 0:
+            yield metrics
+        else:
+            for i in range(len(metrics["nonfinite"])):
+                yield {key: value[i] for key, value in metrics.items()}
 
 
 def step_rng(rng, step):
@@ -242,8 +351,8 @@ def train_and_evaluate(
         f"{config.image_size}, {jnp.dtype(compute_dtype(config)).name}"
     )
     eval_split = DeviceSplit(data.evaluation, config.eval_batch_size, mesh)
-    step_fn = make_train_step(config, mesh)
     eval_fn = make_evaluator(config, mesh)
+    calls = TrainCalls(config, mesh, partitions)
 
     result = None
     with StopRequests() as stop:
@@ -251,9 +360,8 @@ def train_and_evaluate(
             for epoch in range(len(history), config.num_epochs):
                 start = time.perf_counter()
                 orders = partitions.epoch_orders(state.rng, epoch)
-                batches = (partitions.batch(orders, i) for i in range(steps_per_epoch))
                 state, totals = run_epoch(
-                    state, batches, steps_per_epoch, step_fn, epoch, config, stop
+                    state, calls.epoch(orders), steps_per_epoch, calls.step, epoch, config, stop
                 )
                 if stop.stopped:
                     raise interrupted(stop, epoch, checkpoints)
@@ -302,8 +410,9 @@ def train_and_evaluate(
 def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: StopRequests):
     """Train one epoch; returns the state and the summed metrics of its finite steps.
 
-    Stops early (without error) when a stop was requested; raises NonFiniteLoss at the first
-    non-finite step unless the config skips them.
+    `step_fn(state, batch)` runs one step, or several (then `batch` says which and the
+    metrics are stacked). Stops early (without error) when a stop was requested; raises
+    NonFiniteLoss at the first non-finite step unless the config skips them.
     """
     totals = {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0}
     first_step = int(state.step)
@@ -315,15 +424,15 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
         dynamic_ncols=True,
         disable=not is_primary(),
     )
-    pending = []
+    pending, pending_steps = [], 0
     interval_start = time.perf_counter()
 
     def drain():
-        nonlocal pending, interval_start
+        nonlocal pending, pending_steps, interval_start
         # Fetching the metrics waits for the device; doing it every few steps keeps the
         # device busy in between.
         images = 0
-        for offset, metrics in enumerate(jax.device_get(pending)):
+        for offset, metrics in enumerate(per_step(jax.device_get(pending))):
             step = first_step + bar.n + offset + 1
             if metrics["nonfinite"]:
                 if config.nonfinite == "stop":
@@ -339,8 +448,8 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
             for key in ("loss_sum", "correct", "count"):
                 totals[key] += metrics[key]
             images += int(metrics["count"])
-        bar.update(len(pending))
-        pending = []
+        bar.update(pending_steps)
+        pending, pending_steps = [], 0
         now = time.perf_counter()
         if images:
             bar.set_postfix(
@@ -351,9 +460,10 @@ def run_epoch(state, batches, steps: int, step_fn, epoch: int, config, stop: Sto
         interval_start = now
 
     for batch in batches:
-        state, metrics = step_fn(state, batch, step_rng(state.rng, state.step))
+        state, metrics = step_fn(state, batch)
         pending.append(metrics)
-        synchronise = len(pending) == config.log_every
+        pending_steps += dispatch_steps(metrics)
+        synchronise = pending_steps >= config.log_every
         if synchronise:
             drain()
         if stop.should_stop(synchronise):

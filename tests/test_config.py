@@ -58,6 +58,8 @@ def test_bad_overrides_say_what_is_wrong(override, message):
         ("dataset", "imagenet", "dataset='imagenet' is not one of"),
         ("dropout_rate", 1.0, "must be below 1"),
         ("optimizer", "lion", "optimizer='lion' is not one of"),
+        ("stem", "conv7", "stem='conv7' is not one of space_to_depth, conv11"),
+        ("steps_per_dispatch", 0, "steps_per_dispatch=0 must be at least 1"),
     ],
 )
 def test_validation_rejects_out_of_range_values(field, value, message):

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from alexnet_jax.model import AlexNet
+from alexnet_jax.model import STEMS, AlexNet
 from alexnet_jax.summary import format_summary, main, summarize
 
 from conftest import ROOT
@@ -34,9 +34,10 @@ TOTALS = {3: (46_793_482, 46_790_730, 2_752), 1: (46_770_250, 46_767_498, 2_752)
 SEED_README = ROOT.parent / "shared" / "seed"
 
 
+@pytest.mark.parametrize("stem", STEMS)
 @pytest.mark.parametrize("channels", [3, 1], ids=["cifar10", "mnist"])
-def test_rows_equal_the_seed_tables(channels):
-    summary = summarize(AlexNet(), (224, 224, channels))
+def test_rows_equal_the_seed_tables(channels, stem):
+    summary = summarize(AlexNet(stem=stem), (224, 224, channels))
     expected = [(n, s, FIRST_CONV[channels] if p is None else p) for n, s, p in SEED_ROWS]
     assert [(r.name, r.output_shape, r.params) for r in summary.rows] == expected
     assert (summary.total, summary.trainable, summary.non_trainable) == TOTALS[channels]

@@ -9,8 +9,11 @@ import pytest
 
 from alexnet_jax import artifacts, train
 from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.data import training_data_from
 from alexnet_jax.errors import UserError
+from alexnet_jax.interrupt import StopRequests
 from alexnet_jax.parallel import make_mesh, replicated
+from alexnet_jax.pipeline import TrainPartitions
 from alexnet_jax.state import create_train_state
 
 from conftest import tiny_config, train_until_interrupted
@@ -219,3 +222,86 @@ def test_a_failing_save_keeps_the_previous_checkpoint(
     checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
     assert checkpoints.epochs() == [1]
     checkpoints.restore(1, create_train_state(tiny_config(), 4), make_mesh())
+
+
+def test_several_steps_per_dispatch_equal_single_steps_bit_for_bit(tiny_dataset, cpu_devices):
+    # Dropout and augmentation on, over 2 devices: every source of randomness and the gather of
+    # the batches from the partitions move into the scan. (Bit for bit because the scan is
+    # unrolled: as a loop, XLA:CPU rounded differently, 3e-8 in one step's conv2d kernel.)
+    config = tiny_config(dropout_rate=0.5, crop_padding=2, batch_size=16)
+    mesh = make_mesh(cpu_devices[:2])
+    partitions = TrainPartitions(training_data_from(tiny_dataset, config), mesh, 16)
+    assert partitions.steps_per_epoch == 4
+    initial = jax.device_get(create_train_state(config, 4))
+    orders = partitions.epoch_orders(initial.rng, 0)
+
+    def trained(state):
+        return jax.device_get((state.params, state.batch_stats, state.opt_state))
+
+    single, state = train.make_train_step(config, mesh), jax.device_put(initial, replicated(mesh))
+    one_by_one = []
+    for i in range(3):
+        rng = train.step_rng(state.rng, state.step)
+        state, metrics = single(state, partitions.batch(orders, i), rng)
+        one_by_one.append(metrics)
+        if i == 0:
+            after_first = jax.device_get(state)
+    expected = trained(state)
+
+    # Steps 2 and 3 of the epoch in one call, from the state after step 1.
+    steps = train.make_train_steps(config, mesh, partitions)
+    state, metrics = steps(jax.device_put(after_first, replicated(mesh)), orders, 1, 2)
+    assert metrics["loss_sum"].shape == (2,) and train.dispatch_steps(metrics) == 2
+    assert int(state.step) == 3
+    actual = trained(state)
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    initial_kernel = initial.params["conv2d"]["kernel"]
+    assert not np.array_equal(actual[0]["conv2d"]["kernel"], initial_kernel)
+    unstacked = list(train.per_step(jax.device_get([metrics])))
+    for a, b in zip(unstacked, jax.device_get(one_by_one[1:]), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == b[key], key
+
+
+class FakeState:
+    step = 10
+
+
+def fake_dispatches(calls, nonfinite_at):
+    """`run_epoch`'s step function for calls of several steps, with stacked numpy metrics."""
+
+    def step_fn(state, work):
+        first, count = work
+        steps = np.arange(first, first + count) + 1 + FakeState.step  # 1-based global steps
+        metrics = {
+            "loss_sum": np.full(count, 8.0),
+            "correct": np.full(count, 4),
+            "count": np.full(count, 16),
+            "nonfinite": (steps == nonfinite_at).astype(np.int32),
+        }
+        calls.append(work)
+        return state, metrics
+
+    return step_fn
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "stop"])
+def test_the_loop_names_a_non_finite_step_inside_a_dispatch(nonfinite, capsys):
+    # Steps 11..20 (an epoch of 10 after 10 done) in calls of 3, 3, 3 and 1, fetched every 6
+    # steps or more: the 15th is the second step of the second call.
+    config = tiny_config(nonfinite=nonfinite, log_every=6, num_epochs=2)
+    calls = []
+    work = [(0, 3), (3, 3), (6, 3), (9, 1)]
+    step_fn = fake_dispatches(calls, nonfinite_at=15)
+    if nonfinite == "stop":
+        with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 15 \(epoch 2\)"):
+            train.run_epoch(FakeState(), iter(work), 10, step_fn, 1, config, StopRequests())
+        assert calls == work[:2]  # found at the first fetch, after 6 steps
+        return
+    _, totals = train.run_epoch(FakeState(), iter(work), 10, step_fn, 1, config, StopRequests())
+    assert calls == work
+    assert totals == {"loss_sum": 72.0, "correct": 36, "count": 144, "skipped": 1}
+    out = capsys.readouterr().out
+    assert "skipped step 15:" in out and out.count("skipped step") == 1

@@ -1,0 +1,220 @@
+"""Baseline, not part of alexnet_jax: the seed AlexNet in Keras 3 on the JAX backend, against ours.
+
+    python benchmarks/keras_peer.py [--image-size 224] [--batch-size 512]
+        [--policies float32,mixed_bfloat16] [--ours conv11-k1,s2d-k1] [--out peers.json]
+
+The peer is what a Keras user would write: the seed's `Sequential` (the same layers and
+parameter counts, checked at start against alexnet_jax's model) behind `Resizing` and
+`Rescaling(1/255)` layers on uint8 input, compiled with SGD and sparse categorical
+cross-entropy, trained by `model.fit` on in-memory uint8 arrays. In the same process and on the
+same device, `alexnet_jax.bench.measure` times our `make train-cifar10` step at the same batch,
+image size and precision (`float32`, or bfloat16 for `mixed_bfloat16`). Ours does more per
+image (random crop and flip, per-channel normalisation); the peer has no augmentation.
+
+Both train on synthetic uint8 images of CIFAR-10's shape for one warm-up epoch (compilation)
+and `--epochs` timed epochs of `--steps` steps; throughput is images over the median timed epoch.
+"""
+
+import os
+
+os.environ["KERAS_BACKEND"] = "jax"  # the peer is Keras on JAX; must precede importing keras
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+
+from alexnet_jax import bench  # noqa: E402
+from alexnet_jax.config import load_config  # noqa: E402
+from alexnet_jax.data import spec, synthetic_dataset  # noqa: E402
+from alexnet_jax.errors import UserError, cli  # noqa: E402
+from alexnet_jax.model import AlexNet  # noqa: E402
+from alexnet_jax.summary import summarize  # noqa: E402
+
+DTYPES = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
+DEFAULTS = {
+    "cpu": dict(image_size=67, batch_size=16, steps=2, epochs=1, policies="float32"),
+    "accelerator": dict(
+        image_size=224, batch_size=512, steps=48, epochs=3, policies="float32,mixed_bfloat16"
+    ),
+}
+
+
+def seed_model(image_size: int, source_shape=(32, 32, 3), num_classes: int = 10):
+    """The seed's Keras model, with the resize to `image_size` and the scaling to [0, 1] first."""
+    layers = keras.layers
+    conv = dict(padding="same", activation="relu")
+    return keras.Sequential(
+        [
+            keras.Input(source_shape, dtype="uint8"),
+            layers.Resizing(image_size, image_size),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(96, 11, strides=4, activation="relu"),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(3, 2),
+            layers.Conv2D(256, 5, **conv),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(3, 2),
+            layers.Conv2D(384, 3, **conv),
+            layers.BatchNormalization(),
+            layers.Conv2D(384, 3, **conv),
+            layers.BatchNormalization(),
+            layers.Conv2D(256, 3, **conv),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(3, 2),
+            layers.Flatten(),
+            layers.Dense(4096, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(4096, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes),
+            # Keras' mixed-precision advice: the softmax in float32.
+            layers.Activation("softmax", dtype="float32"),
+        ]
+    )
+
+
+def check_parameters(model, image_size: int, source_shape) -> int:
+    """The peer must have exactly our model's parameters (the seed's: 46,793,482 at 224)."""
+    ours = summarize(AlexNet(), (image_size, image_size, source_shape[-1])).total
+    if model.count_params() != ours:
+        raise AssertionError(f"Keras peer has {model.count_params():,} parameters, ours {ours:,}")
+    return ours
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each epoch, ended by waiting for the model's variables."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        jax.block_until_ready([v.value for v in self.model.variables])
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def measure_keras(policy: str, image_size: int, batch_size: int, steps: int, epochs: int):
+    """images/s of `model.fit` over `steps` batches per epoch, after one warm-up epoch."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        dataset = synthetic_dataset("cifar10", train_size=batch_size * steps, test_size=1)
+        source_shape = dataset.train.images.shape[1:]
+        model = seed_model(image_size, source_shape)
+        params = check_parameters(model, image_size, source_shape)
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        timer = EpochTimer()
+        history = model.fit(
+            dataset.train.images,
+            dataset.train.labels,
+            batch_size=batch_size,
+            epochs=1 + epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[timer],
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    images = batch_size * steps
+    return {
+        "policy": policy,
+        "parameters": params,
+        "images_per_second": round(images / statistics.median(timer.seconds[1:]), 1),
+        "epoch_seconds": [round(s, 4) for s in timer.seconds],
+        "images_per_epoch": images,
+        "final_loss": round(float(history.history["loss"][-1]), 4),
+    }
+
+
+def run(args) -> dict:
+    kind = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    for key, value in DEFAULTS[kind].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if spec(load_config(args.config).dataset).image_shape != (32, 32, 3):
+        raise UserError("the Keras peer is CIFAR-10's: pass --config experiments/cifar10.py")
+    device = jax.devices()[:1]
+    comparisons = []
+    for policy in args.policies.split(","):
+        if policy not in DTYPES:
+            raise UserError(f"policy {policy!r} is not one of {', '.join(DTYPES)}")
+        keras_result = measure_keras(
+            policy, args.image_size, args.batch_size, args.steps, args.epochs
+        )
+        print(f"keras {policy}: {keras_result['images_per_second']:,.0f} img/s", file=sys.stderr)
+        ours = []
+        for variant in args.ours.split(","):
+            stem, _, k = variant.partition("-")
+            name = f"{stem}-{DTYPES[policy]}-{k}"
+            config = bench.base_config(args.config, args.image_size, args.batch_size, [])
+            config.batch_size = args.batch_size
+            config.update(bench.configuration(name))
+            result = bench.measure(
+                config, device, steps=args.steps, epochs=args.epochs, eval_batches=1
+            )
+            rate = result["train"]["images_per_second"]
+            ratio = round(rate / keras_result["images_per_second"], 3)
+            ours.append({"name": name, "ratio_to_keras": ratio, **result})
+        comparisons.append({"keras": keras_result, "ours": ours})
+    return {
+        **bench.environment(),
+        "keras": keras.__version__,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "comparisons": comparisons,
+    }
+
+
+def format_table(document: dict) -> str:
+    header = f"{'policy':<16}{'keras img/s':>13}  {'ours':<16}{'img/s':>10}{'ratio':>8}"
+    lines = [header, "-" * len(header)]
+    for c in document["comparisons"]:
+        k = c["keras"]
+        for i, o in enumerate(c["ours"]):
+            left = f"{k['policy']:<16}{k['images_per_second']:>13,.0f}" if i == 0 else " " * 29
+            lines.append(
+                f"{left}  {o['name']:<16}{o['train']['images_per_second']:>10,.0f}"
+                f"{o['ratio_to_keras']:>7.2f}x"
+            )
+    return "\n".join(lines)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="experiments/cifar10.py")
+    parser.add_argument("--image-size", type=int, help="model input side (CPU 67, else 224)")
+    parser.add_argument("--batch-size", type=int, help="CPU 16, else 512")
+    parser.add_argument("--steps", type=int, help="steps per timed epoch")
+    parser.add_argument("--epochs", type=int, help="timed epochs after one warm-up epoch")
+    parser.add_argument("--policies", help="Keras dtype policies: float32,mixed_bfloat16")
+    parser.add_argument(
+        "--ours", default="conv11-k1,s2d-k1", help="our configurations, <stem>-k<steps>"
+    )
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    document = run(args)
+    print(
+        f"cifar10 {document['image_size']}x{document['image_size']}, batch "
+        f"{document['batch_size']}, on 1 x {document['device_kind']}: jax {document['jax']}, "
+        f"keras {document['keras']}, {document['date']}"
+    )
+    print(format_table(document))
+    bench.write_json(document, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from alexnet_jax import bench
+from alexnet_jax.errors import UserError
+
+
+def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(tmp_path, cpu_devices, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(
+        [
+            "--configs", "s2d-f32-k2",
+            "--devices", "1,2",
+            "--batch-size", "16",
+            "--steps", "2",
+            "--epochs", "1",
+            "--eval-batch-size", "16",
+            "--eval-batches", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    document = json.loads(out.read_text())
+    assert document["backend"] == "cpu" and document["device_count"] >= 2
+    assert document["dataset"] == "cifar10" and document["date"][:2] == "20"
+    runs = document["results"]
+    assert [(r["devices"], r["name"]) for r in runs] == [(1, "s2d-f32-k2"), (2, "s2d-f32-k2")]
+    for r in runs:
+        assert (r["batch_size"], r["image_size"], r["stem"]) == (16, 67, "space_to_depth")
+        assert (r["compute_dtype"], r["steps_per_dispatch"], r["steps_per_epoch"]) == (
+            "float32",
+            2,
+            2,
+        )
+        train, evaluation, memory = r["train"], r["eval"], r["memory"]
+        # One warm-up epoch and one timed, each of 2 steps of 16 images.
+        assert len(train["epoch_seconds"]) == 2 and train["images_per_epoch"] == 32
+        assert train["programs"] == 1 and train["compile_seconds"] > 0
+        rate = train["images_per_second"]
+        assert rate == pytest.approx(32 / train["epoch_seconds"][1], rel=0.01)
+        assert train["images_per_second_per_device"] == pytest.approx(rate / r["devices"], 0.01)
+        assert np.isfinite(train["final_loss"])
+        assert evaluation["images"] == 16 and evaluation["flip"] is True
+        # XLA's plan for one step holds at least the parameters, gradients and momentum.
+        assert memory["train_program_bytes"] > 3 * 4 * 17_000_000
+        assert memory["peak_bytes_in_use"] is None  # the CPU keeps no allocator statistics
+    # The state is replicated, the batch split: per device, 2 devices need less than 1.
+    assert runs[1]["memory"]["train_program_bytes"] < runs[0]["memory"]["train_program_bytes"]
+    assert "s2d-f32-k2" in printed and f"wrote {out}" in printed
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "s2d-bf16-k8",
+            dict(stem="space_to_depth", compute_dtype="bfloat16", steps_per_dispatch=8),
+        ),
+        ("conv11-f32-k1", dict(stem="conv11", compute_dtype="float32", steps_per_dispatch=1)),
+    ],
+)
+def test_configuration_names(name, expected):
+    assert bench.configuration(name) == expected
+
+
+@pytest.mark.parametrize("name", ["s2d-bf16", "conv7-f32-k1", "s2d-f64-k1", "s2d-f32-k0"])
+def test_bad_configuration_names_say_the_form(name):
+    with pytest.raises(UserError, match="is not <stem>-<dtype>-k<steps>"):
+        bench.configuration(name)

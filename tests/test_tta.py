@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from alexnet_jax import tta
+from alexnet_jax.data import synthetic_dataset
+
+from conftest import tiny_config
+
+
+def test_training_stops_at_the_first_epoch_that_reaches_the_target(cpu_devices):
+    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
+    config = tiny_config(num_epochs=3, steps_per_dispatch=2)
+    # A target the first epoch reaches whatever it learns: the run must stop there.
+    result = tta.time_to_accuracy(config, 0.01, dataset, cpu_devices[:2])
+    assert result["reached"] is True
+    assert result["epochs"] == 1 and len(result["history"]) == 1 and result["max_epochs"] == 3
+    row = result["history"][0]
+    assert row["test_accuracy"] == result["test_accuracy"] >= 0.01
+    assert np.isfinite(row["train_loss"])
+    assert result["images_per_epoch"] == 64 and result["devices"] == 2
+    parts = [result[k] for k in ("data_seconds", "compile_seconds", "training_seconds")]
+    assert all(p > 0 for p in parts)
+    assert result["training_seconds"] == pytest.approx(row["train_seconds"] + row["eval_seconds"])
+    assert sum(parts) <= result["wall_seconds"] == pytest.approx(row["wall_seconds"], abs=0.1)
+
+
+def test_a_target_that_is_not_an_accuracy_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tta.main(["--config", "experiments/quick.py", "--target", "90"])
+    assert exit_info.value.code == 2
+    assert "--target 90.0 must be a test accuracy in (0, 1]" in capsys.readouterr().err
