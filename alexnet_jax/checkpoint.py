@@ -73,13 +73,16 @@ def state_fingerprint(state: TrainState) -> list[list[int]]:
 
 
 def _arrays(state: TrainState):
-    return {
+    arrays = {
         "params": state.params,
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
         "step": state.step,
         "rng": state.rng,
     }
+    if state.ema is not None:
+        arrays["ema"] = state.ema
+    return arrays
 
 
 class Checkpoints:

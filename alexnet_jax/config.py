@@ -7,12 +7,13 @@ An experiment is a Python file with `get_config()` returning an `ml_collections.
 import ast
 import difflib
 import importlib.util
+import math
 from pathlib import Path
 
 import ml_collections
 from ml_collections import config_dict
 
-from alexnet_jax.data import DATASETS
+from alexnet_jax.data import DATASETS, spec
 from alexnet_jax.errors import UserError
 from alexnet_jax.model import MIN_IMAGE_SIZE, STEMS
 
@@ -44,9 +45,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.warmup_epochs = 1.0
     c.label_smoothing = 0.1
     c.dropout_rate = 0.5
+    # Evaluate (and export) an exponential moving average of the parameters and BatchNorm
+    # statistics, updated after every step with this decay; 0: off (the trained weights).
+    c.ema_decay = 0.0
 
     c.crop_padding = 4  # random crop of the source image after zero-padding; 0: off
     c.flip = True  # random horizontal flips
+    c.cutout = 0  # side in source pixels of a square hidden at a random place (mean colour); 0: off
     c.eval_flip = False  # average the predictions of an image and its mirror at test time
 
     c.nonfinite = "stop"  # on a NaN/inf loss or gradient: stop the run | skip the step
@@ -142,6 +147,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     unknown = set(config.keys()) - set(default_config().keys())
     if unknown:
         raise UserError(f"unknown config fields {sorted(unknown)}: remove them from the config")
+    for key, default in default_config().items():
+        if isinstance(default, float) and not math.isfinite(config[key]):
+            raise UserError(f"{key}={config[key]} must be a finite number")
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise UserError(f"{key}={config[key]!r} is not one of {', '.join(choices)}")
@@ -155,18 +163,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "train_examples": 0,
         "validation_examples": 0,
         "crop_padding": 0,
+        "cutout": 0,
         "learning_rate": 0.0,
         "momentum": 0.0,
         "weight_decay": 0.0,
         "warmup_epochs": 0.0,
         "label_smoothing": 0.0,
         "dropout_rate": 0.0,
+        "ema_decay": 0.0,
     }.items():
         if config[key] < low:
             raise UserError(f"{key}={config[key]} must be at least {low}")
-    for key in ("label_smoothing", "dropout_rate", "momentum"):
+    for key in ("label_smoothing", "dropout_rate", "momentum", "ema_decay"):
         if config[key] >= 1:
             raise UserError(f"{key}={config[key]} must be below 1")
+    source_size = min(spec(config.dataset).image_shape[:2])
+    if config.cutout >= source_size:
+        raise UserError(
+            f"cutout={config.cutout} would hide the whole {config.dataset} image: "
+            f"use less than {source_size} (or 0 for none)"
+        )
     if config.image_size < MIN_IMAGE_SIZE:
         raise UserError(
             f"image_size={config.image_size} is too small: AlexNet needs at least {MIN_IMAGE_SIZE}"

@@ -20,7 +20,7 @@ from alexnet_jax.data import Split, load_dataset, spec
 from alexnet_jax.distributed import gather
 from alexnet_jax.errors import cli
 from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh
-from alexnet_jax.state import TrainState, compute_dtype
+from alexnet_jax.state import TrainState, compute_dtype, inference_variables
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def inference_options(config) -> dict:
 
 def class_probabilities(state: TrainState, images, *, image_size, mean, std, dtype, flip):
     """Softmax outputs [B, classes] of uint8 images [B, h, w, C], as evaluation sees them."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = inference_variables(state)
     x = preprocess.to_model_input(images, image_size, mean, std, dtype)
     probs = jax.nn.softmax(state.apply_fn(variables, x, train=False))
     if flip:  # test-time augmentation: average with the mirror image

@@ -21,7 +21,7 @@ from alexnet_jax import checkpoint, exported, preprocess
 from alexnet_jax.data import spec
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.parallel import make_mesh
-from alexnet_jax.state import compute_dtype
+from alexnet_jax.state import compute_dtype, inference_variables
 
 ONNX = "model.onnx"
 ONNX_OPSET = 21
@@ -36,7 +36,7 @@ def logits_function(trained: checkpoint.Trained):
     """
     config = trained.config
     dataset = spec(config.dataset)
-    variables = {"params": trained.state.params, "batch_stats": trained.state.batch_stats}
+    variables = inference_variables(trained.state)
     named, treedef = jax.tree_util.tree_flatten_with_path(variables)
     names = ["/".join(str(key.key) for key in path) for path, _ in named]
     weights = [np.asarray(jax.device_get(leaf)) for _, leaf in named]

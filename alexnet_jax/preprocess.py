@@ -14,14 +14,24 @@ def example_keys(rng: jax.Array, first_index: jax.Array, count: int) -> jax.Arra
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, first_index + jnp.arange(count))
 
 
-def augment(images: jax.Array, keys: jax.Array, padding: int, flip: bool) -> jax.Array:
-    """Random crop after zero-padding by `padding` pixels, and random horizontal flip.
+def augment(
+    images: jax.Array,
+    keys: jax.Array,
+    padding: int,
+    flip: bool,
+    cutout: int = 0,
+    fill=0,
+) -> jax.Array:
+    """Random crop after zero-padding by `padding` pixels, random horizontal flip, and cutout.
 
     Args:
       images: uint8 [B, H, W, C] source images.
       keys: [B] PRNG keys, one per image.
+      cutout: the side of a square set to `fill` (uint8, per channel) at a uniformly random
+        centre, which may lie near an edge so that part of the square falls outside (DeVries &
+        Taylor, 2017); 0: off.
     """
-    if padding == 0 and not flip:
+    if padding == 0 and not flip and cutout == 0:
         return images
     height, width = images.shape[1:3]
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -32,6 +42,15 @@ def augment(images: jax.Array, keys: jax.Array, padding: int, flip: bool) -> jax
         image = jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, image.shape[-1]))
         if flip:
             image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+        if cutout:
+            # A key of its own, so that crops and flips stay those of a run without cutout.
+            cy, cx = jax.random.randint(
+                jax.random.fold_in(key, 2), (2,), 0, jnp.array([height, width])
+            )
+            rows = jnp.arange(height) - (cy - cutout // 2)  # 0 .. cutout - 1 inside
+            cols = jnp.arange(width) - (cx - cutout // 2)
+            inside = ((rows >= 0) & (rows < cutout))[:, None] & ((cols >= 0) & (cols < cutout))
+            image = jnp.where(inside[..., None], jnp.asarray(fill, image.dtype), image)
         return image
 
     return jax.vmap(one)(padded, keys)

@@ -18,6 +18,35 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     rng: jax.Array  # raw uint32 key data, so that a checkpoint holds plain arrays
+    # The exponential moving average of {"params", "batch_stats"} when config.ema_decay > 0
+    # (evaluation, export and prediction then use it), else None.
+    ema: Any = None
+
+
+def inference_variables(state: TrainState) -> dict:
+    """The variables a trained model is evaluated with: the moving average when there is one."""
+    if state.ema is not None:
+        return state.ema
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """The decay after `step` updates: min(decay, (1 + step) / (10 + step)), so that the average
+    forgets the random initialisation in the first few hundred steps (as TensorFlow's
+    ExponentialMovingAverage with num_updates)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1 + step) / (10 + step))
+
+
+def update_ema(state: TrainState, decay: float) -> TrainState:
+    """`state` with its moving average moved towards its (new) parameters and statistics."""
+    if state.ema is None:
+        return state
+    rate = ema_decay_at(decay, state.step)
+    live = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.replace(
+        ema=jax.tree.map(lambda avg, new: rate * avg + (1 - rate) * new, state.ema, live)
+    )
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -72,6 +101,8 @@ def create_train_state(
         batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, steps_per_epoch),
         rng=run_rng,
+        # Copies: the state is donated to each step, and a buffer may be donated only once.
+        ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay > 0 else None,
     )
     # An array step (not Python's 0) so that checkpoints and donated buffers treat it like the rest.
     return state.replace(step=jnp.zeros((), jnp.int32))

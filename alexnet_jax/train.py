@@ -31,7 +31,7 @@ from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.interrupt import Interrupted, StopRequests
 from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh, replicated
 from alexnet_jax.pipeline import TrainPartitions, device_batch
-from alexnet_jax.state import TrainState, compute_dtype, create_train_state
+from alexnet_jax.state import TrainState, compute_dtype, create_train_state, update_ema
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -51,7 +51,9 @@ def train_step(
     dtype,
     crop_padding: int,
     flip: bool,
+    cutout: int,
     label_smoothing: float,
+    ema_decay: float = 0.0,
 ):
     """One SGD step on this device's slice of the global batch; gradients are averaged over all.
 
@@ -64,7 +66,9 @@ def train_step(
     device = jax.lax.axis_index(DATA_AXIS)
     augment_rng, dropout_rng = jax.random.split(rng)
     keys = preprocess.example_keys(augment_rng, device * local, local)
-    images = preprocess.augment(batch["image"], keys, crop_padding, flip)
+    # Cutout fills with the dataset's mean colour: zero once normalised.
+    fill = jnp.round(jnp.asarray(mean) * 255).astype(jnp.uint8)
+    images = preprocess.augment(batch["image"], keys, crop_padding, flip, cutout, fill)
     x = preprocess.to_model_input(images, image_size, mean, std, dtype)
     num_classes = state.params["dense_2"]["bias"].shape[0]
 
@@ -93,7 +97,7 @@ def train_step(
     # are a few thousand numbers; checking them keeps their rounding that of a single step
     # when several steps run in one call.)
     finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, batch_stats))
-    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    updated = update_ema(state.apply_gradients(grads=grads, batch_stats=batch_stats), ema_decay)
     state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     state = state.replace(step=updated.step)
     metrics = jax.lax.psum(
@@ -124,7 +128,9 @@ def step_body(config: ml_collections.ConfigDict):
         dtype=compute_dtype(config),
         crop_padding=config.crop_padding,
         flip=config.flip,
+        cutout=config.cutout,
         label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay,
     )
 
 

@@ -59,7 +59,10 @@ def test_config_overrides_are_applied_correctly_or_refused(pairs):
         assert config[key] >= low, key
     for key in UNIT_INTERVAL:
         assert 0 <= config[key] < 1, key
-    assert config.learning_rate >= 0 and not np.isnan(config.learning_rate)
+    assert config.learning_rate >= 0
+    for key in FIELDS:
+        if isinstance(defaults[key], float):
+            assert np.isfinite(config[key]), key
     for key, choices in CHOICES.items():
         assert config[key] in choices
     # The last override of each known field is what the config holds.

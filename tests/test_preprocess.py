@@ -47,6 +47,36 @@ def test_flip_mirrors_about_half_the_images():
     assert 60 < sum(flipped) < 140
 
 
+def test_cutout_hides_one_square_of_the_given_side_clipped_at_the_edges():
+    # Images with no pixel equal to the fill value, so that the hidden pixels are exactly the
+    # ones that now hold it.
+    x = jnp.asarray(np.random.default_rng(1).integers(1, 256, (300, 12, 12, 3)), jnp.uint8)
+    fill = np.array([0, 0, 0], np.uint8)
+    out = np.asarray(preprocess.augment(x, keys(300), 0, False, cutout=5, fill=fill))
+    corners = set()
+    for i in range(300):
+        hidden = np.all(out[i] == fill, axis=-1)
+        np.testing.assert_array_equal(out[i][~hidden], np.asarray(x)[i][~hidden])
+        rows, cols = np.nonzero(hidden)
+        assert hidden.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # one rectangle
+        assert np.ptp(rows) < 5 and np.ptp(cols) < 5
+        # A full 5x5 square unless it touches an edge.
+        if 0 < rows.min() and rows.max() < 11:
+            assert np.ptp(rows) == 4
+        corners.add((rows.min(), cols.min()))
+    assert len(corners) > 50  # the place varies
+
+
+def test_cutout_leaves_the_crops_and_flips_of_a_run_without_it():
+    x = images(n=64)
+    plain = np.asarray(preprocess.augment(x, keys(64), 2, True))
+    fill = np.array([7, 7, 7], np.uint8)
+    cut = np.asarray(preprocess.augment(x, keys(64), 2, True, cutout=3, fill=fill))
+    differs = np.any(plain != cut, axis=-1)
+    assert differs.any()
+    assert np.all(cut[differs] == fill)
+
+
 def test_example_keys_depend_on_global_position_only():
     rng = jax.random.PRNGKey(3)
     whole = preprocess.example_keys(rng, 0, 8)

@@ -77,10 +77,11 @@ def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices
     ]
 
 
+@pytest.mark.parametrize("recipe", [{}, {"ema_decay": 0.9, "cutout": 8}], ids=["plain", "ema"])
 def test_interrupted_run_resumes_to_the_same_parameters(
-    tiny_dataset, cpu_devices, tmp_path, monkeypatch
+    recipe, tiny_dataset, cpu_devices, tmp_path, monkeypatch
 ):
-    config = tiny_config(num_epochs=3, dropout_rate=0.5, crop_padding=2)
+    config = tiny_config(num_epochs=3, dropout_rate=0.5, crop_padding=2, **recipe)
     devices = cpu_devices[:1]
     train.train_and_evaluate(config, tmp_path / "straight", tiny_dataset, devices)
 
@@ -100,7 +101,7 @@ def load_final_state(config, workdir):
     checkpoints = Checkpoints(workdir / "mnist" / "checkpoints", read_only=True)
     mesh = make_mesh(jax.devices()[:1])
     state, _ = checkpoints.restore(checkpoints.latest_epoch(), create_train_state(config, 4), mesh)
-    return jax.device_get((state.params, state.batch_stats, state.opt_state, state.step))
+    return jax.device_get((state.params, state.batch_stats, state.opt_state, state.step, state.ema))
 
 
 def test_resume_with_other_settings_is_refused(tiny_dataset, cpu_devices, tmp_path):
