@@ -105,6 +105,21 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def config_from_command_line(path: str, rest: list[str], data_dir: str | None):
+    """The experiment file's config with a command's `--config.FIELD=VALUE` options applied.
+
+    `rest` is what argparse's parse_known_args left over; anything else in it is an error.
+    """
+    for arg in rest:
+        if not arg.startswith("--config."):
+            raise UserError(f"unknown option {arg}: see --help")
+    config = load_config(path)
+    apply_overrides(config, [arg.removeprefix("--config.") for arg in rest])
+    if data_dir:
+        config.data_dir = data_dir
+    return config
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
     """Apply `FIELD=VALUE` strings, parsed by the field's type; unknown fields are an error."""
     for override in overrides:

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from alexnet_jax import artifacts, checkpoint
-from alexnet_jax.config import apply_overrides, load_config, validate
+from alexnet_jax.config import config_from_command_line, validate
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator, result_json
@@ -134,13 +134,7 @@ def main(argv=None):
     parser.add_argument("--results", help="copy the evidence and the summary here")
     parser.add_argument("--data-dir", help="TFDS data dir")
     args, rest = parser.parse_known_args(argv)
-    unknown = [arg for arg in rest if not arg.startswith("--config.")]
-    if unknown:
-        raise UserError(f"unknown option {unknown[0]}: see --help")
-    config = load_config(args.config)
-    apply_overrides(config, [arg.removeprefix("--config.") for arg in rest])
-    if args.data_dir:
-        config.data_dir = args.data_dir
+    config = config_from_command_line(args.config, rest, args.data_dir)
     summary = run_seeds(config, args.seeds, args.workdir, args.results)
     print(markdown(summary))
 

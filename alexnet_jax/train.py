@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from alexnet_jax import artifacts, preprocess
 from alexnet_jax.checkpoint import Checkpoints
-from alexnet_jax.config import RESUMABLE_CHANGES, apply_overrides, load_config, validate
+from alexnet_jax.config import RESUMABLE_CHANGES, config_from_command_line, validate
 from alexnet_jax.data import Dataset, load_training_data, spec, training_data_from
 from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import UserError, cli
@@ -527,15 +527,7 @@ def main(argv=None, dataset: Dataset | None = None):
         help="how long to wait for all processes to join (default 300)",
     )
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for arg in rest:
-        if not arg.startswith("--config."):
-            raise UserError(f"unknown option {arg}: see --help")
-        overrides.append(arg.removeprefix("--config."))
-    config = load_config(args.config)
-    apply_overrides(config, overrides)
-    if args.data_dir:
-        config.data_dir = args.data_dir
+    config = config_from_command_line(args.config, rest, args.data_dir)
     validate(config)  # before waiting for other processes
     initialize(
         args.coordinator,

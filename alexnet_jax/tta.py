@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from alexnet_jax import bench
-from alexnet_jax.config import apply_overrides, load_config, validate
+from alexnet_jax.config import config_from_command_line, validate
 from alexnet_jax.data import Dataset, load_training_data, training_data_from
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
@@ -144,15 +144,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
     parser.add_argument("--out", help="write the result as JSON to this file")
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for arg in rest:
-        if not arg.startswith("--config."):
-            raise UserError(f"unknown option {arg}: see --help")
-        overrides.append(arg.removeprefix("--config."))
-    config = load_config(args.config)
-    apply_overrides(config, overrides)
-    if args.data_dir:
-        config.data_dir = args.data_dir
+    config = config_from_command_line(args.config, rest, args.data_dir)
     target = TARGETS.get(config.dataset) if args.target is None else args.target
     if not 0 < target <= 1:
         raise UserError(f"--target {target} must be a test accuracy in (0, 1]")
