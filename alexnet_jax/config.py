@@ -4,6 +4,7 @@ An experiment is a Python file with `get_config()` returning an `ml_collections.
 (see `experiments/`). Any field can be overridden with `--config.FIELD=VALUE`.
 """
 
+import argparse
 import ast
 import difflib
 import importlib.util
@@ -103,6 +104,21 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise UserError(f"config file {path} has no get_config() function")
     return module.get_config()
+
+
+def command_parser(description: str) -> argparse.ArgumentParser:
+    """The parser of a command that trains an experiment: --config, --data-dir and, left over for
+    `config_from_command_line`, any --config.FIELD=VALUE."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Any config field can be set with --config.FIELD=VALUE.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config", required=True, help="experiment file, e.g. experiments/mnist.py"
+    )
+    parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
+    return parser
 
 
 def config_from_command_line(path: str, rest: list[str], data_dir: str | None):

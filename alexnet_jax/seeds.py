@@ -11,14 +11,13 @@ table. Tune with `validation_examples` (the held-out end of the training split);
 is only evaluated here, for the figures you report.
 """
 
-import argparse
 import json
 import shutil
 import statistics
 from pathlib import Path
 
 from alexnet_jax import artifacts, checkpoint
-from alexnet_jax.config import config_from_command_line, validate
+from alexnet_jax.config import command_parser, config_from_command_line, validate
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator, result_json
@@ -123,16 +122,10 @@ def markdown(summary: dict) -> str:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Any config field can be set with --config.FIELD=VALUE.",
-        allow_abbrev=False,
-    )
-    parser.add_argument("--config", required=True, help="experiment file")
+    parser = command_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="runs/seeds")
     parser.add_argument("--results", help="copy the evidence and the summary here")
-    parser.add_argument("--data-dir", help="TFDS data dir")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
     summary = run_seeds(config, args.seeds, args.workdir, args.results)

@@ -6,7 +6,6 @@
 Re-running the same command resumes from the run's latest checkpoint.
 """
 
-import argparse
 import functools
 import shutil
 import sys
@@ -23,7 +22,12 @@ from tqdm.auto import tqdm
 
 from alexnet_jax import artifacts, preprocess
 from alexnet_jax.checkpoint import Checkpoints
-from alexnet_jax.config import RESUMABLE_CHANGES, config_from_command_line, validate
+from alexnet_jax.config import (
+    RESUMABLE_CHANGES,
+    command_parser,
+    config_from_command_line,
+    validate,
+)
 from alexnet_jax.data import Dataset, load_training_data, spec, training_data_from
 from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import UserError, cli
@@ -500,16 +504,8 @@ def interrupted(stop: StopRequests, epoch: int, checkpoints: Checkpoints) -> Int
 @cli
 def main(argv=None, dataset: Dataset | None = None):
     """The command line; `dataset` stands in for the TFDS one (the tests' training processes)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Any config field can be set with --config.FIELD=VALUE.",
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--config", required=True, help="experiment file, e.g. experiments/mnist.py"
-    )
+    parser = command_parser(__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs", help="runs go to WORKDIR/<dataset>/")
-    parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
     group = parser.add_argument_group("several processes (see README: Scaling out)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     group.add_argument("--num-processes", type=int, metavar="N")

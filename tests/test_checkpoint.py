@@ -27,13 +27,8 @@ def perturbed_state(config):
     )
 
 
-def test_save_then_restore_gives_identical_arrays(tmp_path):
-    config = tiny_config()
-    saved = perturbed_state(config)
-    checkpoints = Checkpoints(tmp_path)
-    checkpoints.save(1, saved, config, [row(1, 0.5)])
-    checkpoints.wait()
-
+def test_save_then_restore_gives_identical_arrays(saved_run):
+    tmp_path, config, saved = saved_run
     fresh = create_train_state(config, 4)
     restored, history = Checkpoints(tmp_path, read_only=True).restore(1, fresh, make_mesh())
     assert history == [row(1, 0.5)]
