@@ -10,7 +10,6 @@ rate schedule is the config's, over its `num_epochs` (`--config.num_epochs=N` sh
 Exit status 0 when the target was reached, 1 when it was not.
 """
 
-import argparse
 import sys
 import time
 
@@ -18,7 +17,7 @@ import jax
 import ml_collections
 
 from alexnet_jax import bench
-from alexnet_jax.config import config_from_command_line, validate
+from alexnet_jax.config import command_parser, config_from_command_line, validate
 from alexnet_jax.data import Dataset, load_training_data, training_data_from
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
@@ -93,9 +92,9 @@ def time_to_accuracy(
                     "epoch": epoch + 1,
                     "train_loss": round(float(totals["loss_sum"] / totals["count"]), 4),
                     "test_accuracy": result.accuracy,
-                    "train_seconds": round(trained - began, 3),
-                    "eval_seconds": round(time.perf_counter() - trained, 3),
-                    "wall_seconds": round(time.perf_counter() - start, 3),
+                    "train_seconds": trained - began,
+                    "eval_seconds": time.perf_counter() - trained,
+                    "wall_seconds": time.perf_counter() - start,
                 }
             )
             print(
@@ -116,10 +115,11 @@ def time_to_accuracy(
         "max_epochs": config.num_epochs,
         "test_accuracy": history[-1]["test_accuracy"],
         "eval_split": data.eval_name,
-        "wall_seconds": round(time.perf_counter() - start, 3),
-        "data_seconds": round(data_seconds, 3),
-        "compile_seconds": round(compile_seconds, 3),
-        "training_seconds": round(training_seconds, 3),
+        # Unrounded: the parts, each rounded, could add up to more than the rounded whole.
+        "wall_seconds": time.perf_counter() - start,
+        "data_seconds": data_seconds,
+        "compile_seconds": compile_seconds,
+        "training_seconds": training_seconds,
         "images_per_epoch": partitions.images_per_epoch,
         "devices": mesh.devices.size,
         "history": history,
@@ -130,18 +130,10 @@ def time_to_accuracy(
 @cli
 def main(argv=None):
     start = time.perf_counter()
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Any config field can be set with --config.FIELD=VALUE.",
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--config", required=True, help="experiment file, e.g. experiments/mnist.py"
-    )
+    parser = command_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--target", type=float, help="test accuracy to reach (CIFAR-10 0.90, MNIST 0.995)"
     )
-    parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
     parser.add_argument("--out", help="write the result as JSON to this file")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
