@@ -1,10 +1,11 @@
 """Training and evaluation speed per configuration: `python -m alexnet_jax.bench`.
 
     python -m alexnet_jax.bench [--configs s2d-bf16-k1,conv11-bf16-k1] [--batch-size 256,512]
-        [--image-size 224] [--devices 1,2] [--out bench.json] [--set FIELD=VALUE ...]
+        [--image-size 224] [--devices 1,2] [--out bench.json] [--config.FIELD=VALUE ...]
 
 Measures the training path of `make train-cifar10` (the experiment's config, augmentation and
-resize inside the step, `run_epoch`'s loop with its metric fetches) and evaluation on synthetic
+resize inside the step, the epoch driver `run.train_epoch` with its metric fetches, built by
+`run.build` as training builds it) and evaluation on synthetic
 uint8 images of the dataset's shape placed on the devices, so no dataset is needed. Compilation
 is timed on its own (ahead of time; the jitted calls then reuse the programs); throughput comes
 from whole epochs after a warm-up epoch, each ended by waiting for the devices. Prints a table
@@ -28,15 +29,12 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from alexnet_jax.config import apply_overrides, load_config, validate
-from alexnet_jax.data import synthetic_dataset, training_data_from
+from alexnet_jax.cli import command_parser, overrides_from
+from alexnet_jax.config import apply_overrides, load_config
+from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.errors import UserError, cli
-from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.interrupt import StopRequests
-from alexnet_jax.parallel import make_mesh, replicated
-from alexnet_jax.pipeline import TrainPartitions
-from alexnet_jax.state import compute_dtype, create_train_state
-from alexnet_jax.train import TrainCalls, run_epoch
+from alexnet_jax.run import build, train_epoch
 
 STEM_NAMES = {"conv11": "conv11", "s2d": "space_to_depth"}
 DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
@@ -139,63 +137,50 @@ def measure(
     The training images are `batch_size * steps` synthetic ones, so every epoch is the same
     size; `config` decides everything else (stem, dtype, steps per dispatch, augmentation).
     """
-    validate(config)
-    mesh = make_mesh(devices)
     dataset = synthetic_dataset(
         config.dataset,
         train_size=config.batch_size * steps,
         test_size=config.eval_batch_size * eval_batches,
     )
     start = time.perf_counter()
-    data = training_data_from(dataset, config)
-    partitions = TrainPartitions(data, mesh, config.batch_size)
-    split = DeviceSplit(data.evaluation, config.eval_batch_size, mesh)
-    state = jax.device_put(
-        create_train_state(config, partitions.steps_per_epoch, data.num_classes),
-        replicated(mesh),
-    )
-    jax.block_until_ready((partitions.images, partitions.labels, split.batches, state))
+    run = build(config, dataset, devices)
+    state = run.fresh_state()
+    jax.block_until_ready((run.partitions.images, run.evaluation.batches, state))
     setup_seconds = time.perf_counter() - start
 
-    calls = TrainCalls(config, mesh, partitions)
-    evaluator = make_evaluator(config, mesh)
+    training, evaluation = run.lower(state)
     start = time.perf_counter()
-    train_programs = [
-        lowered.compile() for lowered in calls.lower(state, partitions.epoch_orders(state.rng, 0))
-    ]
+    train_programs = [lowered.compile() for lowered in training]
     train_compile = time.perf_counter() - start
     start = time.perf_counter()
-    eval_program = evaluator.lower(state, split.batches).compile()
+    eval_program = evaluation.compile()
     eval_compile = time.perf_counter() - start
 
     stop = StopRequests()  # never entered: nothing stops a benchmark but the process's end
     train_seconds = []
     for epoch in range(warmup_epochs + epochs):
-        orders = partitions.epoch_orders(state.rng, epoch)
         start = time.perf_counter()
-        state, totals = run_epoch(
-            state, calls.epoch(orders), partitions.steps_per_epoch, calls.step, epoch, config, stop
-        )
+        state, totals = train_epoch(run, state, epoch, stop)
         jax.block_until_ready(state)
         train_seconds.append(time.perf_counter() - start)
     eval_seconds = []
     for _ in range(warmup_epochs + epochs):
         start = time.perf_counter()
-        result = evaluate(state, split, evaluator, data.num_classes)
+        result = run.evaluate(state)
         eval_seconds.append(time.perf_counter() - start)
 
-    images = partitions.images_per_epoch
+    images = run.partitions.images_per_epoch
     train_rate = images / statistics.median(train_seconds[warmup_epochs:])
-    eval_rate = split.size / statistics.median(eval_seconds[warmup_epochs:])
+    eval_rate = run.evaluation.size / statistics.median(eval_seconds[warmup_epochs:])
     planned = [program_bytes(p) for p in train_programs]
     return {
         "devices": len(devices),
         "batch_size": config.batch_size,
         "image_size": config.image_size,
         "stem": config.stem,
-        "compute_dtype": str(jax.numpy.dtype(compute_dtype(config))),
+        "compute_dtype": str(jax.numpy.dtype(run.derived.dtype)),
         "steps_per_dispatch": config.steps_per_dispatch,
-        "steps_per_epoch": partitions.steps_per_epoch,
+        "steps_per_epoch": run.steps_per_epoch,
         "train": {
             "images_per_second": round(train_rate, 1),
             "images_per_second_per_device": round(train_rate / len(devices), 1),
@@ -210,7 +195,7 @@ def measure(
             "images_per_second": round(eval_rate, 1),
             "compile_seconds": round(eval_compile, 3),
             "seconds": [round(s, 4) for s in eval_seconds],
-            "images": split.size,
+            "images": run.evaluation.size,
             "flip": bool(config.eval_flip),
             "accuracy": result.accuracy,
         },
@@ -265,9 +250,7 @@ def base_config(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default="experiments/cifar10.py", help="experiment (default: %(default)s)"
-    )
+    parser.set_defaults(config="experiments/cifar10.py")
     parser.add_argument("--configs", help="comma-separated configurations, e.g. s2d-bf16-k8")
     parser.add_argument("--image-size", type=int, help="model input side (CPU 67, else 224)")
     parser.add_argument("--batch-size", help="global batch, or several: 256,512,1024")
@@ -276,9 +259,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="timed epochs (after one warm-up epoch)")
     parser.add_argument("--eval-batch-size", type=int)
     parser.add_argument("--eval-batches", type=int, help="evaluation batches per timing")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="config override"
-    )
     parser.add_argument("--out", help="write the results as JSON to this file")
 
 
@@ -292,7 +272,7 @@ def defaults(args) -> argparse.Namespace:
     return argparse.Namespace(**filled)
 
 
-def run(args) -> dict:
+def run_all(args) -> dict:
     """Measure every (device count, batch size, configuration); returns the JSON document."""
     args = defaults(args)
     names = args.configs.split(",")
@@ -305,7 +285,9 @@ def run(args) -> dict:
     for count in counts:
         for batch_size in int_list(str(args.batch_size)):
             for name in names:
-                config = base_config(args.config, args.image_size, args.eval_batch_size, args.set)
+                config = base_config(
+                    args.config, args.image_size, args.eval_batch_size, args.overrides
+                )
                 config.batch_size = batch_size
                 config.update(overrides[name])
                 result = measure(
@@ -329,12 +311,11 @@ def write_json(document: dict, path: str | None) -> None:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__.splitlines()[0], config_required=False, data_dir=False)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    document = run(args)
+    args, rest = parser.parse_known_args(argv)
+    args.overrides = overrides_from(rest)
+    document = run_all(args)
     env = {k: document[k] for k in ("device_kind", "device_count", "jax", "date")}
     print(
         f"{document['dataset']} on {env['device_count']} x {env['device_kind']}, jax "

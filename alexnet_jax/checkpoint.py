@@ -24,10 +24,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
-from alexnet_jax.config import default_config
-from alexnet_jax.data import spec
+from alexnet_jax.config import Derived, default_config, derive
 from alexnet_jax.distributed import barrier, is_primary
-from alexnet_jax.errors import UserError
+from alexnet_jax.errors import UserError, first_line
 from alexnet_jax.parallel import make_mesh, replicated
 from alexnet_jax.state import TrainState, create_train_state
 
@@ -113,7 +112,7 @@ class Checkpoints:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         except Exception as e:
             raise CorruptCheckpoint(
-                f"cannot open the checkpoints in {self.directory}: {_first_line(e)}"
+                f"cannot open the checkpoints in {self.directory}: {first_line(e)}"
             ) from e
 
     def epochs(self) -> list[int]:
@@ -163,7 +162,7 @@ class Checkpoints:
         kept = f"epoch {previous[-1]}'s checkpoint is intact" if previous else "no earlier one"
         return UserError(
             f"saving the checkpoint of epoch {epoch} in {self.directory} failed "
-            f"({_first_line(error)}); {kept}: free disk space (or fix the folder) and re-run "
+            f"({first_line(error)}); {kept}: free disk space (or fix the folder) and re-run "
             "the same command to resume"
         )
 
@@ -268,7 +267,7 @@ class Checkpoints:
         try:
             return self._manager.restore(epoch, args=ocp.args.Composite(**items))
         except Exception as e:  # TensorStore, JSON and Orbax raise many kinds here
-            raise self._corrupt(epoch, _first_line(e)) from e
+            raise self._corrupt(epoch, first_line(e)) from e
 
     def _corrupt(self, epoch: int, why: str) -> CorruptCheckpoint:
         return CorruptCheckpoint(f"checkpoint {self._path(epoch)} is unreadable: {why}")
@@ -284,14 +283,10 @@ def json_sha256(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
-
-
-def abstract_train_state(config, steps_per_epoch: int, num_classes: int = 10) -> TrainState:
-    """Shapes and dtypes of the state a config trains, without computing anything."""
-    return jax.eval_shape(lambda: create_train_state(config, steps_per_epoch, num_classes))
+def abstract_train_state(config, derived: Derived, steps_per_epoch: int = 1) -> TrainState:
+    """Shapes and dtypes of the state a config trains, without computing anything (the
+    optimiser's state has the same shapes whatever the steps per epoch)."""
+    return jax.eval_shape(lambda: create_train_state(config, derived, steps_per_epoch))
 
 
 def locate(path: str | Path) -> tuple[Path, int | None]:
@@ -339,6 +334,7 @@ class Trained:
     epoch: int
     path: Path  # the epoch's checkpoint folder
     history: list[dict]  # the metrics rows up to that epoch
+    derived: Derived  # what the config implies (dataset spec, dtype, classes)
 
 
 def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None) -> Trained:
@@ -355,9 +351,9 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
             missing = "" if epoch is None else f" {epoch}"
             raise UserError(f"{directory} holds no checkpoint{missing}")
         config = checkpoints.read_config(epoch)
-        num_classes = len(spec(config.dataset).class_names)
-        abstract = abstract_train_state(config, 1, num_classes)
+        derived = derive(config)
+        abstract = abstract_train_state(config, derived)
         state, history = checkpoints.restore(epoch, abstract, mesh or make_mesh())
     finally:
         checkpoints.close()
-    return Trained(config, state, epoch, directory / str(epoch), history)
+    return Trained(config, state, epoch, directory / str(epoch), history, derived)

@@ -1,20 +1,24 @@
-"""Training configuration: defaults, experiment files, command-line overrides and validation.
+"""Training configuration: defaults, experiment files, overrides, validation, and what it implies.
 
 An experiment is a Python file with `get_config()` returning an `ml_collections.ConfigDict`
-(see `experiments/`). Any field can be overridden with `--config.FIELD=VALUE`.
+(see `experiments/`). Any field can be overridden with `FIELD=VALUE` strings (the commands'
+`--config.FIELD=VALUE` options, see `cli.py`). `derive` computes once what a config implies
+beyond its fields: the dataset's spec and normalisation, the compute dtype, the classes.
 """
 
-import argparse
 import ast
 import difflib
 import importlib.util
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from alexnet_jax.data import DATASETS, spec
+from alexnet_jax.data import DATASETS, DatasetSpec, spec
 from alexnet_jax.errors import UserError
 from alexnet_jax.model import MIN_IMAGE_SIZE, STEMS
 
@@ -106,36 +110,6 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def command_parser(description: str) -> argparse.ArgumentParser:
-    """The parser of a command that trains an experiment: --config, --data-dir and, left over for
-    `config_from_command_line`, any --config.FIELD=VALUE."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        epilog="Any config field can be set with --config.FIELD=VALUE.",
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--config", required=True, help="experiment file, e.g. experiments/mnist.py"
-    )
-    parser.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's own)")
-    return parser
-
-
-def config_from_command_line(path: str, rest: list[str], data_dir: str | None):
-    """The experiment file's config with a command's `--config.FIELD=VALUE` options applied.
-
-    `rest` is what argparse's parse_known_args left over; anything else in it is an error.
-    """
-    for arg in rest:
-        if not arg.startswith("--config."):
-            raise UserError(f"unknown option {arg}: see --help")
-    config = load_config(path)
-    apply_overrides(config, [arg.removeprefix("--config.") for arg in rest])
-    if data_dir:
-        config.data_dir = data_dir
-    return config
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
     """Apply `FIELD=VALUE` strings, parsed by the field's type; unknown fields are an error."""
     for override in overrides:
@@ -218,3 +192,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"image_size={config.image_size} is too small: AlexNet needs at least {MIN_IMAGE_SIZE}"
         )
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What a config implies beyond its fields, computed once by `derive` and passed on."""
+
+    dataset: DatasetSpec
+    dtype: jnp.dtype  # of activations; parameters stay float32
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.dataset.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.dataset.std
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.dataset.image_shape[-1]
+
+
+def derive(config: ml_collections.ConfigDict) -> Derived:
+    """The dataset's spec and the compute dtype: `auto` is bfloat16 on accelerators, float32 on
+    the CPU."""
+    if config.compute_dtype == "auto":
+        dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    else:
+        dtype = config.compute_dtype
+    return Derived(spec(config.dataset), jnp.dtype(dtype))

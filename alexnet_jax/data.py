@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from alexnet_jax.distributed import is_primary
-from alexnet_jax.errors import UserError
+from alexnet_jax.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def _prepared_builder(name: str, data_dir: str, download: bool):
         builder = tfds.builder(versioned, data_dir=data_dir, file_format="array_record")
     except Exception as e:  # TFDS raises many kinds here (bad JSON, unreadable dir, ...)
         raise UserError(
-            f"cannot open {versioned} in {data_dir}: {_first_line(e)}; "
+            f"cannot open {versioned} in {data_dir}: {first_line(e)}; "
             "delete that dataset folder and prepare it again, or pass --data-dir to a good copy"
         ) from e
     if builder.is_prepared():
@@ -194,7 +194,7 @@ def _prepared_builder(name: str, data_dir: str, download: bool):
         builder.download_and_prepare()
     except Exception as e:
         raise UserError(
-            f"{where} and downloading it failed ({_first_line(e)}); on an offline machine "
+            f"{where} and downloading it failed ({first_line(e)}); on an offline machine "
             "pass --data-dir to a prepared copy"
         ) from e
     return builder
@@ -228,7 +228,7 @@ def _read_split(builder, split: str, data_dir: str, start: int = 0, stop: int | 
                     ids.append(item["id"])
     except Exception as e:  # ArrayRecord/Riegeli and the PNG decoder raise various types
         raise UserError(
-            f"the record file {files} is corrupted or truncated ({_first_line(e)}): "
+            f"the record file {files} is corrupted or truncated ({first_line(e)}): "
             f"delete {builder.data_path} and prepare it again, or pass --data-dir to a good copy"
         ) from e
     if ids:
@@ -240,11 +240,6 @@ def _read_split(builder, split: str, data_dir: str, start: int = 0, stop: int | 
             f"expected: delete {builder.data_path} and prepare it again"
         )
     return Split(images, labels)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 def synthetic_dataset(

@@ -23,3 +23,9 @@ def cli(main):
             sys.exit(getattr(e, "exit_code", 2))
 
     return wrapper
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when it has none), for a one-line error."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -5,190 +5,14 @@ the data dir the run used unless --data-dir says otherwise.
 """
 
 import argparse
-import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-from alexnet_jax import checkpoint, preprocess
-from alexnet_jax.data import Split, load_dataset, spec
-from alexnet_jax.distributed import gather
+from alexnet_jax import checkpoint
+from alexnet_jax.data import load_dataset
 from alexnet_jax.errors import cli
-from alexnet_jax.parallel import DATA_AXIS, check_divisible, make_mesh
-from alexnet_jax.state import TrainState, compute_dtype, inference_variables
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    accuracy: float
-    predictions: np.ndarray  # int32 [N], the predicted class of every example
-    labels: np.ndarray  # int32 [N]
-    num_classes: int
-
-    @property
-    def confusion(self) -> np.ndarray:
-        """[true class, predicted class] -> count."""
-        matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
-        np.add.at(matrix, (self.labels, self.predictions), 1)
-        return matrix
-
-    @property
-    def per_class_accuracy(self) -> np.ndarray:
-        matrix = self.confusion
-        return np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
-
-
-def inference_options(config) -> dict:
-    """The keyword arguments of `class_probabilities` that a config sets."""
-    dataset = spec(config.dataset)
-    return dict(
-        image_size=config.image_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        dtype=compute_dtype(config),
-        flip=config.eval_flip,
-    )
-
-
-def class_probabilities(state: TrainState, images, *, image_size, mean, std, dtype, flip):
-    """Softmax outputs [B, classes] of uint8 images [B, h, w, C], as evaluation sees them."""
-    variables = inference_variables(state)
-    x = preprocess.to_model_input(images, image_size, mean, std, dtype)
-    probs = jax.nn.softmax(state.apply_fn(variables, x, train=False))
-    if flip:  # test-time augmentation: average with the mirror image
-        probs = (probs + jax.nn.softmax(state.apply_fn(variables, x[:, :, ::-1], train=False))) / 2
-    return probs
-
-
-def eval_step(state: TrainState, batch, **options):
-    """Evaluate one batch on one device: summed loss and hits, and the predicted classes.
-
-    `batch` has uint8 `image`, int `label` and a 0/1 `mask` that marks padding examples;
-    `options` are those of `inference_options`.
-    """
-    probs = class_probabilities(state, batch["image"], **options)
-    label_probs = jnp.take_along_axis(probs, batch["label"][:, None], axis=1)[:, 0]
-    losses = -jnp.log(jnp.maximum(label_probs, 1e-12))
-    predictions = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-    mask = batch["mask"]
-    sums = {
-        "loss_sum": jnp.sum(losses * mask),
-        "correct": jnp.sum((predictions == batch["label"]) * mask),
-        "count": jnp.sum(mask),
-    }
-    return sums, predictions
-
-
-def make_evaluator(config, mesh: Mesh):
-    """A compiled function that evaluates a whole `DeviceSplit` in one dispatch.
-
-    Each device scans over its slices of all the batches, so the host waits once per split and
-    no two evaluation programs with collectives are ever in flight at the same time.
-    """
-    step = functools.partial(eval_step, **inference_options(config))
-
-    def per_device(state, batches):
-        def body(totals, batch):
-            sums, predictions = step(state, batch)
-            return jax.tree.map(jnp.add, totals, sums), predictions
-
-        # A zero taken from this device's data, so the carry varies over devices like the sums.
-        zero = jnp.zeros_like(batches["mask"][0, 0])
-        zeros = {"loss_sum": zero, "correct": zero, "count": zero}
-        totals, predictions = jax.lax.scan(body, zeros, batches)
-        return jax.lax.psum(totals, DATA_AXIS), predictions
-
-    return jax.jit(
-        jax.shard_map(
-            per_device,
-            mesh=mesh,
-            in_specs=(PartitionSpec(), PartitionSpec(None, DATA_AXIS)),
-            out_specs=(PartitionSpec(), PartitionSpec(None, DATA_AXIS)),
-        )
-    )
-
-
-class DeviceSplit:
-    """A split placed once on the devices as [batches, batch, ...], padded with a 0/1 mask.
-
-    Each device holds its slice of every batch. With several processes, each passes the whole
-    split, so that every example is evaluated exactly once over all devices.
-    """
-
-    def __init__(self, split: Split, batch_size: int, mesh: Mesh):
-        check_divisible(batch_size, mesh, "eval_batch_size")
-        self.size = len(split)
-        padded = -(-self.size // batch_size) * batch_size
-        pad = padded - self.size
-
-        sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
-
-        def put(array):
-            array = np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)])
-            batches = array.reshape(padded // batch_size, batch_size, *array.shape[1:])
-            # Each process places the slices its own devices hold (all of them on one process).
-            return jax.make_array_from_callback(batches.shape, sharding, lambda i: batches[i])
-
-        self.batches = {
-            "image": put(split.images),
-            "label": put(split.labels),
-            "mask": put(np.ones(self.size, np.float32)),
-        }
-        self.labels = np.asarray(split.labels)
-
-
-def evaluate(state: TrainState, split: DeviceSplit, evaluator, num_classes: int = 10) -> EvalResult:
-    """Run `evaluator` (from `make_evaluator`) over the whole split."""
-    totals, predictions = evaluator(state, split.batches)
-    totals = jax.device_get(totals)  # summed over all devices, the same on every process
-    return EvalResult(
-        loss=float(totals["loss_sum"] / totals["count"]),
-        accuracy=float(totals["correct"] / totals["count"]),
-        predictions=gather(predictions).reshape(-1)[: split.size],
-        labels=split.labels,
-        num_classes=num_classes,
-    )
-
-
-def format_result(result: EvalResult, class_names) -> str:
-    width = max(len(name) for name in class_names)
-    lines = [
-        f"test loss {result.loss:.4f}   top-1 accuracy {result.accuracy:.2%}   "
-        f"({len(result.labels)} images)",
-        "",
-        "per-class accuracy:",
-    ]
-    for name, accuracy in zip(class_names, result.per_class_accuracy, strict=True):
-        lines.append(f"  {name:<{width}}  {accuracy:.2%}")
-    lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
-    matrix = result.confusion
-    cell = max(5, len(str(matrix.max())) + 1)
-    lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(class_names))))
-    numbered = list(class_names) != [str(i) for i in range(len(class_names))]
-    for i, (name, row) in enumerate(zip(class_names, matrix, strict=True)):
-        label = f"{name:<{width}}{i:>2}" if numbered else f"{name:>{width + 2}}"
-        lines.append(label + "".join(f"{v:>{cell}}" for v in row))
-    return "\n".join(lines)
-
-
-def result_json(result: EvalResult, class_names, **extra) -> dict:
-    return {
-        **extra,
-        "loss": result.loss,
-        "accuracy": result.accuracy,
-        "num_examples": int(len(result.labels)),
-        "class_names": list(class_names),
-        "per_class_accuracy": {
-            name: float(a) for name, a in zip(class_names, result.per_class_accuracy, strict=True)
-        },
-        "confusion_matrix": result.confusion.tolist(),
-    }
+from alexnet_jax.evaluation import DeviceSplit, evaluate, format_result, make_evaluator, result_json
+from alexnet_jax.parallel import make_mesh
 
 
 @cli
@@ -213,7 +37,8 @@ def main(argv=None):
 
     dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
     split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
-    result = evaluate(trained.state, split, make_evaluator(config, mesh), dataset.num_classes)
+    evaluator = make_evaluator(config, trained.derived, mesh)
+    result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
 
     print(f"{config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
     print(format_result(result, dataset.class_names))

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import checkpoint, exported, preprocess
-from alexnet_jax.data import spec
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.parallel import make_mesh
-from alexnet_jax.state import compute_dtype, inference_variables
+from alexnet_jax.state import inference_variables
 
 ONNX = "model.onnx"
 ONNX_OPSET = 21
@@ -34,16 +33,17 @@ def logits_function(trained: checkpoint.Trained):
     The weights are the parameters and BatchNorm statistics; passing them as arguments rather
     than closing over them keeps them out of the serialized program (~180 MB at 224x224).
     """
-    config = trained.config
-    dataset = spec(config.dataset)
+    config, derived = trained.config, trained.derived
     variables = inference_variables(trained.state)
     named, treedef = jax.tree_util.tree_flatten_with_path(variables)
     names = ["/".join(str(key.key) for key in path) for path, _ in named]
     weights = [np.asarray(jax.device_get(leaf)) for _, leaf in named]
-    apply_fn, dtype = trained.state.apply_fn, compute_dtype(config)
+    apply_fn = trained.state.apply_fn
 
     def logits(weights, images):
-        x = preprocess.to_model_input(images, config.image_size, dataset.mean, dataset.std, dtype)
+        x = preprocess.to_model_input(
+            images, config.image_size, derived.mean, derived.std, derived.dtype
+        )
         return apply_fn(jax.tree.unflatten(treedef, weights), x, train=False)
 
     return logits, names, weights
@@ -54,8 +54,7 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
 
     The manifest goes last, so that a folder that has one is complete. Returns the manifest.
     """
-    config = trained.config
-    dataset = spec(config.dataset)
+    config, dataset = trained.config, trained.derived.dataset
     logits, names, weights = logits_function(trained)
     (batch,) = jax.export.symbolic_shape("batch")
     images = jax.ShapeDtypeStruct((batch, *dataset.image_shape), jnp.uint8)
@@ -76,7 +75,7 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
         "output": "logits",
         "class_names": list(dataset.class_names),
         "image_size": config.image_size,
-        "compute_dtype": jnp.dtype(compute_dtype(config)).name,
+        "compute_dtype": jnp.dtype(trained.derived.dtype).name,
         "test_time_flip": False,  # the function is the plain model, without eval_flip's mirror
         "platforms": list(platforms),
         "weight_names": names,
@@ -99,7 +98,7 @@ def export_onnx(trained: checkpoint.Trained, path: Path) -> None:
             f"--onnx needs jax2onnx ({e}): install the extra, pip install -e '.[onnx]'"
         ) from e
     logits, _, weights = logits_function(trained)
-    dataset = spec(trained.config.dataset)
+    dataset = trained.derived.dataset
     shape = jax.export.symbolic_shape(f"batch, {', '.join(map(str, dataset.image_shape))}")
     with _quiet("jax2onnx", "onnx_ir"):
         model = to_onnx(
@@ -138,7 +137,7 @@ def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str
     """
     logits, _, weights = logits_function(trained)
     images = np.random.default_rng(0).integers(
-        0, 256, (3, *spec(trained.config.dataset).image_shape), np.uint8
+        0, 256, (3, *trained.derived.dataset.image_shape), np.uint8
     )
     live = np.asarray(jax.jit(logits)(weights, images))
     outputs = {"jax": exported.load(out)(images)}
@@ -152,7 +151,7 @@ def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str
                 str(out / ONNX), options, providers=["CPUExecutionProvider"]
             )
             outputs["onnx"] = session.run(None, {"images": images})[0]
-    exact = jnp.dtype(compute_dtype(trained.config)) == jnp.float32
+    exact = jnp.dtype(trained.derived.dtype) == jnp.float32
     tolerance = (1e-4 if exact else 2e-2) * max(1.0, float(np.abs(live).max()))
     differences = {}
     for name, output in outputs.items():

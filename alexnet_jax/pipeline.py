@@ -11,6 +11,7 @@ import functools
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from alexnet_jax import keys
 from alexnet_jax.data import TrainingData
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import DATA_AXIS, check_divisible
@@ -73,8 +74,7 @@ class TrainPartitions:
 
 def _device_order(rng, epoch, *, size):
     device = jax.lax.axis_index(DATA_AXIS)
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.split(rng)[0], epoch), device)
-    return jax.random.permutation(key, size)[None]
+    return jax.random.permutation(keys.order_key(rng, epoch, device), size)[None]
 
 
 def device_batch(images, labels, orders, step, *, size):

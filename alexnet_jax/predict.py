@@ -21,9 +21,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from alexnet_jax import checkpoint
-from alexnet_jax.data import spec
-from alexnet_jax.errors import UserError, cli
-from alexnet_jax.eval import class_probabilities, inference_options
+from alexnet_jax.errors import UserError, cli, first_line
+from alexnet_jax.evaluation import class_probabilities, inference_options
 from alexnet_jax.parallel import make_mesh
 
 # What a directory is searched for; a file named explicitly or by a pattern is tried whatever
@@ -110,7 +109,7 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarra
     except Image.DecompressionBombError as e:
         raise ImageError(f"refused as too large ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or malformed data
-        raise ImageError(f"cannot decode it ({_first_line(e)})") from None
+        raise ImageError(f"cannot decode it ({first_line(e)})") from None
     return array, conversions
 
 
@@ -146,7 +145,7 @@ def make_classifier(trained: checkpoint.Trained, max_batch: int):
     A batch is padded to a power of two (at most `max_batch`), so that few shapes are compiled.
     """
     probabilities = jax.jit(
-        functools.partial(class_probabilities, **inference_options(trained.config))
+        functools.partial(class_probabilities, **inference_options(trained.config, trained.derived))
     )
 
     def classify(images: np.ndarray) -> np.ndarray:
@@ -166,7 +165,7 @@ def predict_files(
     trained: checkpoint.Trained, inputs: Sequence[str], top_k: int = 3, max_batch: int = 64
 ) -> list[Prediction]:
     """Classify the image files that `inputs` name; failures are recorded per file."""
-    shape = spec(trained.config.dataset).image_shape
+    shape = trained.derived.dataset.image_shape
     entries = expand_inputs(inputs)
     images = []
     for entry in entries:
@@ -230,7 +229,7 @@ def main(argv=None) -> int:
 
     # One device is plenty for a few images, and keeps the batch padding simple.
     trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
-    class_names = spec(trained.config.dataset).class_names
+    class_names = trained.derived.dataset.class_names
     if not 1 <= args.top_k <= len(class_names):
         raise UserError(f"--top-k={args.top_k} must be between 1 and {len(class_names)}")
     predictions = predict_files(trained, args.images, args.top_k, args.batch_size)
@@ -256,11 +255,6 @@ def main(argv=None) -> int:
     if failed:
         print(f"{failed} of {len(predictions)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 if __name__ == "__main__":

@@ -1,17 +1,14 @@
 """On-device input pipeline: augmentation, resize to the model's size and normalisation.
 
 Everything here is batched array math meant to run inside the jitted step; random choices are
-drawn per example from keys derived from the example's position in the global batch, so that
-the result does not depend on how the batch is split over devices.
+drawn per example from keys derived from the example's position in the global batch
+(`keys.example_keys`), so that the result does not depend on how the batch is split over devices.
 """
 
 import jax
 import jax.numpy as jnp
 
-
-def example_keys(rng: jax.Array, first_index: jax.Array, count: int) -> jax.Array:
-    """One key per example, for global batch positions first_index .. first_index + count - 1."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, first_index + jnp.arange(count))
+from alexnet_jax import keys as run_keys
 
 
 def augment(
@@ -37,15 +34,14 @@ def augment(
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
     def one(image, key):
-        crop_key, flip_key = jax.random.split(key)
+        crop_key, flip_key = run_keys.crop_and_flip_keys(key)
         dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
         image = jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, image.shape[-1]))
         if flip:
             image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
         if cutout:
-            # A key of its own, so that crops and flips stay those of a run without cutout.
             cy, cx = jax.random.randint(
-                jax.random.fold_in(key, 2), (2,), 0, jnp.array([height, width])
+                run_keys.cutout_key(key), (2,), 0, jnp.array([height, width])
             )
             rows = jnp.arange(height) - (cy - cutout // 2)  # 0 .. cutout - 1 inside
             cols = jnp.arange(width) - (cx - cutout // 2)

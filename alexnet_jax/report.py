@@ -20,7 +20,7 @@ import numpy as np
 from alexnet_jax import artifacts, checkpoint, plots
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
-from alexnet_jax.eval import DeviceSplit, EvalResult, evaluate, make_evaluator
+from alexnet_jax.evaluation import DeviceSplit, EvalResult, evaluate, make_evaluator
 from alexnet_jax.parallel import make_mesh
 
 REPORT = "report.html"
@@ -72,7 +72,8 @@ def write_report(
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
     split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
-    result = evaluate(trained.state, split, make_evaluator(config, mesh), dataset.num_classes)
+    evaluator = make_evaluator(config, trained.derived, mesh)
+    result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
     history = artifacts.read_history(run_dir) or trained.history
 
     page = render_html(

@@ -17,10 +17,11 @@ import statistics
 from pathlib import Path
 
 from alexnet_jax import artifacts, checkpoint
-from alexnet_jax.config import command_parser, config_from_command_line, validate
+from alexnet_jax.cli import command_parser, config_from_command_line
+from alexnet_jax.config import validate
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
-from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator, result_json
+from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator, result_json
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.train import train_and_evaluate
 
@@ -39,13 +40,14 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         seeded = config.copy_and_resolve_references()
         seeded.seed = seed
         run_dir = Path(workdir) / f"seed{seed}" / config.dataset
-        history = train_and_evaluate(seeded, run_dir.parent, dataset)
+        history = train_and_evaluate(seeded, run_dir.parent, dataset).history
         trained = checkpoint.load_trained(run_dir, mesh=mesh)
         evaluations = {}
         for flip in (False, True):
             seeded.eval_flip = flip
             split = DeviceSplit(source.test, seeded.eval_batch_size, mesh)
-            result = evaluate(trained.state, split, make_evaluator(seeded, mesh))
+            evaluator = make_evaluator(seeded, trained.derived, mesh)
+            result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
             evaluations[flip] = result
             if results:
                 payload = result_json(

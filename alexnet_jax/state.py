@@ -8,7 +8,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from alexnet_jax.data import spec
+from alexnet_jax import keys
+from alexnet_jax.config import Derived
 from alexnet_jax.model import AlexNet
 from alexnet_jax.parallel import DATA_AXIS
 
@@ -49,18 +50,11 @@ def update_ema(state: TrainState, decay: float) -> TrainState:
     )
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
-    """The dtype of activations: `auto` is bfloat16 on accelerators, float32 on the CPU."""
-    if config.compute_dtype == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(config.compute_dtype)
-
-
-def make_model(config: ml_collections.ConfigDict, num_classes: int = 10) -> AlexNet:
+def make_model(config: ml_collections.ConfigDict, derived: Derived) -> AlexNet:
     return AlexNet(
-        num_classes=num_classes,
+        num_classes=derived.num_classes,
         dropout_rate=config.dropout_rate,
-        dtype=compute_dtype(config),
+        dtype=derived.dtype,
         axis_name=DATA_AXIS,
         stem=config.stem,
     )
@@ -87,13 +81,12 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, steps_per_epoch: int, num_classes: int = 10
+    config: ml_collections.ConfigDict, derived: Derived, steps_per_epoch: int
 ) -> TrainState:
     """Fresh parameters for the config's dataset and image size, seeded by `config.seed`."""
-    model = make_model(config, num_classes)
-    channels = spec(config.dataset).image_shape[-1]
-    init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    dummy = jnp.zeros((1, config.image_size, config.image_size, channels), jnp.float32)
+    model = make_model(config, derived)
+    init_rng, run_rng = keys.seed_keys(config.seed)
+    dummy = jnp.zeros((1, config.image_size, config.image_size, derived.channels), jnp.float32)
     variables = jax.jit(lambda rng: model.init(rng, dummy, train=False))(init_rng)
     state = TrainState.create(
         apply_fn=model.apply,

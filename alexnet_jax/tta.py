@@ -17,15 +17,11 @@ import jax
 import ml_collections
 
 from alexnet_jax import bench
-from alexnet_jax.config import command_parser, config_from_command_line, validate
-from alexnet_jax.data import Dataset, load_training_data, training_data_from
+from alexnet_jax.cli import command_parser, config_from_command_line
+from alexnet_jax.data import Dataset
 from alexnet_jax.errors import UserError, cli
-from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
-from alexnet_jax.interrupt import Interrupted, StopRequests
-from alexnet_jax.parallel import check_divisible, make_mesh, replicated
-from alexnet_jax.pipeline import TrainPartitions
-from alexnet_jax.state import create_train_state
-from alexnet_jax.train import TrainCalls, run_epoch
+from alexnet_jax.interrupt import StopRequests, stopped
+from alexnet_jax.run import build, run_epoch
 
 TARGETS = {"cifar10": 0.90, "mnist": 0.995}
 
@@ -43,66 +39,32 @@ def time_to_accuracy(
     clock counts from (default: now).
     """
     start = time.perf_counter() if start is None else start
-    validate(config)
-    mesh = make_mesh(devices)
-    check_divisible(config.batch_size, mesh)
-    check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
 
     began = time.perf_counter()
-    if dataset is None:
-        data = load_training_data(config)
-    else:
-        data = training_data_from(dataset, config)
-    partitions = TrainPartitions(data, mesh, config.batch_size)
-    split = DeviceSplit(data.evaluation, config.eval_batch_size, mesh)
-    state = create_train_state(config, partitions.steps_per_epoch, data.num_classes)
-    state = jax.device_put(state, replicated(mesh))
-    jax.block_until_ready((partitions.images, split.batches, state))
+    run = build(config, dataset, devices)
+    state = run.fresh_state()
+    jax.block_until_ready((run.partitions.images, run.evaluation.batches, state))
     data_seconds = time.perf_counter() - began
 
     began = time.perf_counter()
-    calls = TrainCalls(config, mesh, partitions)
-    evaluator = make_evaluator(config, mesh)
-    for lowered in calls.lower(state, partitions.epoch_orders(state.rng, 0)):
+    training, evaluation = run.lower(state)
+    for lowered in [*training, evaluation]:
         lowered.compile()
-    evaluator.lower(state, split.batches).compile()
     compile_seconds = time.perf_counter() - began
 
     history, reached = [], False
     with StopRequests() as stop:
         for epoch in range(config.num_epochs):
-            began = time.perf_counter()
-            orders = partitions.epoch_orders(state.rng, epoch)
-            state, totals = run_epoch(
-                state,
-                calls.epoch(orders),
-                partitions.steps_per_epoch,
-                calls.step,
-                epoch,
-                config,
-                stop,
-            )
-            if stop.signum:
-                raise Interrupted(f"stopped by {stop.name} during epoch {epoch + 1}", stop.signum)
-            jax.block_until_ready(state)
-            trained = time.perf_counter()
-            result = evaluate(state, split, evaluator, data.num_classes)
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": round(float(totals["loss_sum"] / totals["count"]), 4),
-                    "test_accuracy": result.accuracy,
-                    "train_seconds": trained - began,
-                    "eval_seconds": time.perf_counter() - trained,
-                    "wall_seconds": time.perf_counter() - start,
-                }
-            )
+            state, row, _ = run_epoch(run, state, epoch, stop)
+            if row is None:
+                raise stopped(stop, epoch)
+            history.append({**row, "wall_seconds": time.perf_counter() - start})
             print(
-                f"epoch {epoch + 1}: {data.eval_name} accuracy {result.accuracy:.4f} at "
+                f"epoch {epoch + 1}: {row['eval_split']} accuracy {row['test_accuracy']:.4f} at "
                 f"{history[-1]['wall_seconds']:.1f} s",
                 flush=True,
             )
-            if result.accuracy >= target:
+            if row["test_accuracy"] >= target:
                 reached = True
                 break
 
@@ -114,14 +76,14 @@ def time_to_accuracy(
         "epochs": len(history),
         "max_epochs": config.num_epochs,
         "test_accuracy": history[-1]["test_accuracy"],
-        "eval_split": data.eval_name,
+        "eval_split": run.data.eval_name,
         # Unrounded: the parts, each rounded, could add up to more than the rounded whole.
         "wall_seconds": time.perf_counter() - start,
         "data_seconds": data_seconds,
         "compile_seconds": compile_seconds,
         "training_seconds": training_seconds,
-        "images_per_epoch": partitions.images_per_epoch,
-        "devices": mesh.devices.size,
+        "images_per_epoch": run.partitions.images_per_epoch,
+        "devices": run.mesh.devices.size,
         "history": history,
         "config": config.to_dict(),
     }

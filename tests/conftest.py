@@ -12,11 +12,17 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from alexnet_jax import train  # noqa: E402
-from alexnet_jax.config import default_config  # noqa: E402
-from alexnet_jax.data import load_dataset, synthetic_dataset  # noqa: E402
+from alexnet_jax.config import default_config, derive  # noqa: E402
+from alexnet_jax.data import load_dataset, synthetic_dataset, training_data_from  # noqa: E402
+from alexnet_jax.parallel import DATA_AXIS, make_mesh, replicated  # noqa: E402
+from alexnet_jax.pipeline import TrainPartitions  # noqa: E402
+from alexnet_jax.state import create_train_state  # noqa: E402
+from alexnet_jax.step import TrainCalls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TFDS = Path(os.environ.get("ALEXNET_JAX_TEST_DATA_DIR", ROOT.parent / "shared" / "tfds"))
@@ -41,6 +47,45 @@ def tiny_config(**overrides):
     )
     config.update(overrides)
     return config
+
+
+def new_state(config, steps_per_epoch: int = 4):
+    """A fresh training state of `config`, on the default device."""
+    return create_train_state(config, derive(config), steps_per_epoch)
+
+
+def portable_orders(partitions: TrainPartitions, mesh, steps: int):
+    """Orders of the training partitions under which global batch i holds the same images in
+    the same positions on one device as on two: the i-th device batch of each half of the
+    training images (which is what identity orders give on two devices)."""
+    devices, batch = mesh.devices.size, partitions.device_batch * mesh.devices.size
+    half_batch, half = batch // 2, partitions.per_device * devices // 2
+    orders = np.tile(np.arange(partitions.per_device, dtype=np.int32), (devices, 1))
+    for i in range(steps):
+        for position in range(batch):
+            device, q = divmod(position, partitions.device_batch)
+            h, j = divmod(position, half_batch)
+            image = h * half + i * half_batch + j
+            orders[device, i * partitions.device_batch + q] = image - device * partitions.per_device
+    return jax.device_put(orders, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+
+
+def single_steps(config, dataset, devices, steps: int, state=None):
+    """Train `steps` steps by the trainer's compiled calls, one step per call, on the first global
+    batches (the same ones on one device as on two): the host copies of the state before and
+    after each step, and each step's metrics."""
+    mesh = make_mesh(devices)
+    partitions = TrainPartitions(training_data_from(dataset, config), mesh, config.batch_size)
+    calls = TrainCalls(config, derive(config), mesh, partitions)
+    state = new_state(config) if state is None else state
+    state = jax.device_put(state, replicated(mesh))
+    orders = portable_orders(partitions, mesh, steps)
+    states, metrics = [jax.device_get(state)], []
+    for i in range(steps):
+        state, step_metrics = calls.dispatch(state, (orders, i, 1))
+        states.append(jax.device_get(state))
+        metrics.append({key: value[0] for key, value in jax.device_get(step_metrics).items()})
+    return states, metrics
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from alexnet_jax import train
 from alexnet_jax.checkpoint import QUARANTINE, Checkpoints, CorruptCheckpoint, locate
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh
-from alexnet_jax.state import create_train_state
 
-from conftest import tiny_config, train_until_interrupted
+from conftest import new_state, tiny_config, train_until_interrupted
 
 
 def row(epoch, accuracy):
@@ -17,7 +16,7 @@ def row(epoch, accuracy):
 
 def perturbed_state(config):
     """A state whose every array differs from a fresh one, so a restore cannot pass by luck."""
-    state = create_train_state(config, 4)
+    state = new_state(config)
     noise = lambda x: x + 0.5 if np.issubdtype(x.dtype, np.floating) else x + 3  # noqa: E731
     return state.replace(
         params=jax.tree.map(noise, state.params),
@@ -29,7 +28,7 @@ def perturbed_state(config):
 
 def test_save_then_restore_gives_identical_arrays(saved_run):
     tmp_path, config, saved = saved_run
-    fresh = create_train_state(config, 4)
+    fresh = new_state(config)
     restored, history = Checkpoints(tmp_path, read_only=True).restore(1, fresh, make_mesh())
     assert history == [row(1, 0.5)]
     saved_leaves = jax.tree.leaves(jax.device_get(saved))
@@ -43,7 +42,7 @@ def test_save_then_restore_gives_identical_arrays(saved_run):
 
 def test_keeps_the_last_n_and_the_best(tmp_path):
     config = tiny_config()
-    state = create_train_state(config, 4)
+    state = new_state(config)
     checkpoints = Checkpoints(tmp_path, keep=2)
     history = []
     for epoch, accuracy in enumerate([0.3, 0.9, 0.5, 0.6, 0.7], start=1):
@@ -58,7 +57,7 @@ def test_locate_accepts_run_checkpoints_and_epoch_dirs(tmp_path):
     config = tiny_config()
     run = tmp_path / "mnist"
     checkpoints = Checkpoints(run / "checkpoints")
-    checkpoints.save(1, create_train_state(config, 4), config, [row(1, 0.1)])
+    checkpoints.save(1, new_state(config), config, [row(1, 0.1)])
     checkpoints.wait()
     ckpts = (run / "checkpoints").absolute()
     assert locate(run) == (run / "checkpoints", None)
@@ -95,9 +94,7 @@ def largest_file(folder):
 
 
 def restore(directory, config):
-    return Checkpoints(directory, read_only=True).restore(
-        1, create_train_state(config, 4), make_mesh()
-    )
+    return Checkpoints(directory, read_only=True).restore(1, new_state(config), make_mesh())
 
 
 def test_a_flipped_bit_in_the_arrays_is_refused(saved_run):
@@ -156,7 +153,7 @@ def test_resume_falls_back_to_the_last_readable_checkpoint(
     blob[1000] ^= 0xFF
     data.write_bytes(bytes(blob))
 
-    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1]).history
     printed = capsys.readouterr().out
     assert "checkpoints/2 is unreadable" in printed and "trying the one before" in printed
     assert "resuming" in printed and "after epoch 1" in printed
@@ -168,7 +165,7 @@ def test_resume_falls_back_to_the_last_readable_checkpoint(
 def test_a_checkpoint_of_another_dataset_is_refused_and_left_alone(tiny_dataset, tmp_path):
     cifar = tiny_config(dataset="cifar10", num_epochs=1)
     checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints")
-    checkpoints.save(1, create_train_state(cifar, 4), cifar, [row(1, 0.5)])
+    checkpoints.save(1, new_state(cifar), cifar, [row(1, 0.5)])
     checkpoints.wait()
     with pytest.raises(UserError, match=r"other settings \(dataset: 'cifar10' -> 'mnist'"):
         train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, tiny_dataset)

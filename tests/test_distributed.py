@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax import checkpoint, train
 from alexnet_jax.errors import UserError
-from alexnet_jax.eval import DeviceSplit, evaluate, make_evaluator
+from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.parallel import make_mesh
 
 from train_subprocess import config as run_config
@@ -78,7 +78,7 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path, cpu_dev
     # one device each build from their shards.
     reference = train.train_and_evaluate(
         run_config(EPOCHS), tmp_path / "one", tiny_dataset(), cpu_devices[:2]
-    )
+    ).history
 
     run = tmp_path / "two"
     group = start_group(run)
@@ -120,7 +120,8 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path, cpu_dev
     result = evaluate(
         trained.state,
         DeviceSplit(dataset.test, trained.config.eval_batch_size, mesh),
-        make_evaluator(trained.config, mesh),
+        make_evaluator(trained.config, trained.derived, mesh),
+        trained.derived.num_classes,
     )
     assert result.accuracy == trained.history[-1]["test_accuracy"]
 

@@ -4,29 +4,16 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import eval as evaluation
-from alexnet_jax import train
+from alexnet_jax import evaluation
 from alexnet_jax.data import spec
-from alexnet_jax.parallel import make_mesh, replicated
-from alexnet_jax.state import create_train_state, ema_decay_at, inference_variables
+from alexnet_jax.state import ema_decay_at, inference_variables
 
-from conftest import tiny_config
+from conftest import single_steps, tiny_config
 
 
 def run_steps(config, dataset, steps: int):
-    """The state after each of `steps` train steps on the first global batch (host copies)."""
-    mesh = make_mesh(jax.devices()[:1])
-    state = jax.device_put(create_train_state(config, 4), replicated(mesh))
-    batch = {
-        "image": dataset.train.images[: config.batch_size],
-        "label": dataset.train.labels[: config.batch_size],
-    }
-    step = train.make_train_step(config, mesh)
-    states = [jax.device_get(state)]
-    for i in range(steps):
-        state, _ = step(state, batch, jax.random.PRNGKey(i))
-        states.append(jax.device_get(state))
-    return states
+    """The state after each of `steps` train steps (host copies), the first one included."""
+    return single_steps(config, dataset, jax.devices()[:1], steps)[0]
 
 
 def test_the_average_follows_the_trained_weights_by_its_decay(tiny_dataset):

@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import eval as evaluation
-from alexnet_jax import train
+from alexnet_jax import eval as eval_cli
+from alexnet_jax import evaluation, train
 from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.config import derive
 from alexnet_jax.parallel import make_mesh, replicated
-from alexnet_jax.state import create_train_state
 
-from conftest import tiny_config
+from conftest import new_state, tiny_config
 
 
 def test_confusion_and_per_class_accuracy():
@@ -29,9 +29,11 @@ def test_confusion_and_per_class_accuracy():
 def test_evaluate_counts_every_example_once(tiny_dataset, cpu_devices, devices, flip):
     config = tiny_config(eval_batch_size=24, eval_flip=flip)  # 32 test images: one padded batch
     mesh = make_mesh(cpu_devices[:devices])
-    state = jax.device_put(create_train_state(config, 4), replicated(mesh))
+    state = jax.device_put(new_state(config), replicated(mesh))
     split = evaluation.DeviceSplit(tiny_dataset.test, config.eval_batch_size, mesh)
-    result = evaluation.evaluate(state, split, evaluation.make_evaluator(config, mesh))
+    result = evaluation.evaluate(
+        state, split, evaluation.make_evaluator(config, derive(config), mesh), 10
+    )
     assert len(result.predictions) == len(tiny_dataset.test) == 32
     np.testing.assert_array_equal(result.labels, tiny_dataset.test.labels)
     assert result.accuracy == pytest.approx(np.mean(result.predictions == result.labels))
@@ -44,7 +46,7 @@ def test_eval_cli_restores_a_run_without_its_command_line(
     config = tiny_config(num_epochs=1)
     train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
     out_json = tmp_path / "eval.json"
-    evaluation.main(
+    eval_cli.main(
         ["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds), "--json", str(out_json)]
     )
     printed = capsys.readouterr().out
@@ -58,7 +60,7 @@ def test_eval_cli_restores_a_run_without_its_command_line(
 
 def test_eval_cli_on_a_path_that_is_not_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(["--ckpt", str(tmp_path)])
+        eval_cli.main(["--ckpt", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "is not a checkpoint" in capsys.readouterr().err
 
@@ -68,9 +70,11 @@ def test_restored_state_predicts_like_the_trained_one(tiny_dataset, cpu_devices,
     train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
     checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
     mesh = make_mesh(cpu_devices[:1])
-    state, history = checkpoints.restore(1, create_train_state(config, 4), mesh)
+    state, history = checkpoints.restore(1, new_state(config), mesh)
     split = evaluation.DeviceSplit(tiny_dataset.test, config.eval_batch_size, mesh)
-    result = evaluation.evaluate(state, split, evaluation.make_evaluator(config, mesh))
+    result = evaluation.evaluate(
+        state, split, evaluation.make_evaluator(config, derive(config), mesh), 10
+    )
     assert result.accuracy == history[-1]["test_accuracy"]
     assert result.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)
 
@@ -78,7 +82,7 @@ def test_restored_state_predicts_like_the_trained_one(tiny_dataset, cpu_devices,
 def test_eval_cli_on_a_run_without_checkpoints(tmp_path, capsys):
     (tmp_path / "mnist" / "checkpoints").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(["--ckpt", str(tmp_path / "mnist")])
+        eval_cli.main(["--ckpt", str(tmp_path / "mnist")])
     assert exit_info.value.code == 2
     assert "holds no checkpoint" in capsys.readouterr().err
 
@@ -91,7 +95,7 @@ def test_eval_cli_on_a_damaged_checkpoint_names_it(
     history.write_text(history.read_text().replace("1", "2", 1))
     capsys.readouterr()  # forget the training's output
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds)])
+        eval_cli.main(["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "checkpoints/1 is unreadable: its history differs from what was saved" in err

@@ -16,9 +16,8 @@ from alexnet_jax.config import CHOICES, apply_overrides, default_config, validat
 from alexnet_jax.errors import UserError
 from alexnet_jax.model import MIN_IMAGE_SIZE
 from alexnet_jax.parallel import make_mesh
-from alexnet_jax.state import create_train_state
 
-from conftest import tiny_config
+from conftest import new_state, tiny_config
 
 FIELDS = list(default_config().keys())
 value_texts = st.one_of(
@@ -74,7 +73,7 @@ def test_config_overrides_are_applied_correctly_or_refused(pairs):
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory):
     config = tiny_config(momentum=0.0)  # no momentum buffer: half the bytes to copy per example
-    state = create_train_state(config, 4)
+    state = new_state(config)
     directory = tmp_path_factory.mktemp("checkpoint")
     checkpoints = Checkpoints(directory)
     checkpoints.save(1, state, config, [{"epoch": 1, "test_accuracy": 0.5}])
@@ -117,9 +116,7 @@ def test_damaged_checkpoint_bytes_are_refused_or_restore_exactly(saved_checkpoin
     try:
         checkpoints = Checkpoints(target, read_only=True)
         restored_config = checkpoints.read_config(1)
-        restored, history = checkpoints.restore(
-            1, create_train_state(config, 4), make_mesh(jax.devices()[:1])
-        )
+        restored, history = checkpoints.restore(1, new_state(config), make_mesh(jax.devices()[:1]))
     except UserError as e:
         assert "\n" not in str(e)
         return

@@ -15,13 +15,13 @@ import pytest
 from alexnet_jax import artifacts
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.parallel import make_mesh
-from alexnet_jax.state import create_train_state
+from alexnet_jax.run import TIMING_FIELDS
 
+from conftest import new_state
 from train_subprocess import config as run_config
 from train_subprocess import start as start_training
 
 EPOCHS = 4
-TIMING_FIELDS = {"train_seconds", "epoch_seconds", "train_images_per_second"}
 PROCESS_TIMEOUT = 240  # seconds; a run of 4 tiny epochs takes about 30
 
 
@@ -71,7 +71,7 @@ def saved_epochs(workdir) -> list[int]:
 def final_state(workdir, epoch=None):
     checkpoints = Checkpoints(checkpoint_dir(workdir), read_only=True)
     epoch = epoch or checkpoints.latest_epoch()
-    abstract = create_train_state(run_config(EPOCHS), 4)
+    abstract = new_state(run_config(EPOCHS))
     state, history = checkpoints.restore(epoch, abstract, make_mesh(jax.devices()[:1]))
     return jax.device_get((state.params, state.batch_stats, state.opt_state, state.step)), history
 

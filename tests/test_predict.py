@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import checkpoint, predict
-from alexnet_jax import eval as evaluation
+from alexnet_jax import checkpoint, evaluation, predict
 from alexnet_jax.data import Split
 from alexnet_jax.parallel import make_mesh
 
@@ -202,10 +201,10 @@ def test_a_real_mnist_png_is_predicted_as_evaluation_predicts_it(
     assert all(p.error is None and p.conversions == [] for p in predictions)
 
     mesh = make_mesh(cpu_devices[:1])  # where `trained` lives
-    evaluator = evaluation.make_evaluator(trained.config, mesh)
+    evaluator = evaluation.make_evaluator(trained.config, trained.derived, mesh)
     for image, label, prediction in zip(images, labels, predictions, strict=True):
         split = evaluation.DeviceSplit(Split(image[None], label[None]), 1, mesh)
-        result = evaluation.evaluate(trained.state, split, evaluator)
+        result = evaluation.evaluate(trained.state, split, evaluator, 10)
         probabilities = dict(prediction.top)
         assert prediction.top[0][0] == result.predictions[0]
         # Evaluation's loss of one image is -log p(true class).

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import keys as run_keys
 from alexnet_jax import preprocess
 
 
@@ -13,7 +14,7 @@ def images(n=8, size=12, channels=3):
 
 
 def keys(n, seed=0):
-    return preprocess.example_keys(jax.random.PRNGKey(seed), 0, n)
+    return run_keys.example_keys(jax.random.PRNGKey(seed), 0, n)
 
 
 def test_no_padding_and_no_flip_is_identity():
@@ -79,10 +80,8 @@ def test_cutout_leaves_the_crops_and_flips_of_a_run_without_it():
 
 def test_example_keys_depend_on_global_position_only():
     rng = jax.random.PRNGKey(3)
-    whole = preprocess.example_keys(rng, 0, 8)
-    halves = jnp.concatenate(
-        [preprocess.example_keys(rng, 0, 4), preprocess.example_keys(rng, 4, 4)]
-    )
+    whole = run_keys.example_keys(rng, 0, 8)
+    halves = jnp.concatenate([run_keys.example_keys(rng, 0, 4), run_keys.example_keys(rng, 4, 4)])
     np.testing.assert_array_equal(whole, halves)
 
 

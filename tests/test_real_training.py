@@ -14,7 +14,7 @@ def test_quick_config_reaches_its_accuracy_floor_on_real_mnist(shared_tfds, tmp_
     config = load_config(ROOT / "experiments" / "quick.py")
     config.data_dir = str(shared_tfds)
     config.download = False
-    history = train_and_evaluate(config, tmp_path)
+    history = train_and_evaluate(config, tmp_path).history
     assert history[-1]["eval_split"] == "test"
     assert history[-1]["test_accuracy"] >= QUICK_ACCURACY_FLOOR
     assert artifacts.read_history(tmp_path / "mnist") == history

@@ -12,7 +12,7 @@ from PIL import Image
 from alexnet_jax import report
 from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.errors import UserError
-from alexnet_jax.eval import EvalResult
+from alexnet_jax.evaluation import EvalResult
 
 CHROMIUM = next(
     (shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None

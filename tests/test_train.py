@@ -7,28 +7,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import artifacts, train
+from alexnet_jax import artifacts, rundir, train
 from alexnet_jax.checkpoint import Checkpoints
-from alexnet_jax.data import training_data_from
 from alexnet_jax.errors import UserError
 from alexnet_jax.interrupt import StopRequests
-from alexnet_jax.parallel import make_mesh, replicated
-from alexnet_jax.pipeline import TrainPartitions
-from alexnet_jax.state import create_train_state
+from alexnet_jax.parallel import make_mesh
+from alexnet_jax.run import NonFiniteLoss, build, drive, train_epoch
+from alexnet_jax.step import TrainCalls
 
-from conftest import tiny_config, train_until_interrupted
+from conftest import new_state, single_steps, tiny_config, train_until_interrupted
 
 
 def one_step(config, dataset, devices):
     """Parameters and batch statistics after one train step on the first global batch."""
-    mesh = make_mesh(devices)
-    state = jax.device_put(create_train_state(config, 4), replicated(mesh))
-    batch = {
-        "image": dataset.train.images[: config.batch_size],
-        "label": dataset.train.labels[: config.batch_size],
-    }
-    state, metrics = train.make_train_step(config, mesh)(state, batch, jax.random.PRNGKey(7))
-    return jax.device_get((state.params, state.batch_stats)), jax.device_get(metrics)
+    states, metrics = single_steps(config, dataset, devices, 1)
+    return (states[1].params, states[1].batch_stats), metrics[0]
 
 
 def test_two_devices_step_equals_one_device_step(tiny_dataset, cpu_devices):
@@ -43,7 +36,7 @@ def test_two_devices_step_equals_one_device_step(tiny_dataset, cpu_devices):
     assert metrics_one["count"] == metrics_two["count"] == 16
     np.testing.assert_allclose(metrics_one["loss_sum"], metrics_two["loss_sum"], rtol=1e-5)
     # The step really changed the parameters (the comparison is not between two initial states).
-    initial = create_train_state(config, 4).params
+    initial = new_state(config).params
     assert not np.allclose(initial["conv2d"]["kernel"], one[0]["conv2d"]["kernel"])
 
 
@@ -63,7 +56,7 @@ def test_batch_must_divide_by_device_count(tiny_dataset, cpu_devices, tmp_path):
 
 def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices, tmp_path):
     config = tiny_config(num_epochs=3, learning_rate=0.02)
-    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2]).history
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     run = tmp_path / "mnist"
@@ -88,7 +81,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
     train.train_and_evaluate(config, tmp_path / "straight", tiny_dataset, devices)
 
     train_until_interrupted(config, tmp_path / "resumed", tiny_dataset, devices, 1, monkeypatch)
-    history = train.train_and_evaluate(config, tmp_path / "resumed", tiny_dataset, devices)
+    history = train.train_and_evaluate(config, tmp_path / "resumed", tiny_dataset, devices).history
     assert len(history) == 3
 
     straight = load_final_state(config, tmp_path / "straight")
@@ -102,7 +95,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
 def load_final_state(config, workdir):
     checkpoints = Checkpoints(workdir / "mnist" / "checkpoints", read_only=True)
     mesh = make_mesh(jax.devices()[:1])
-    state, _ = checkpoints.restore(checkpoints.latest_epoch(), create_train_state(config, 4), mesh)
+    state, _ = checkpoints.restore(checkpoints.latest_epoch(), new_state(config), mesh)
     return jax.device_get((state.params, state.batch_stats, state.opt_state, state.step, state.ema))
 
 
@@ -134,16 +127,14 @@ def poison(state):
 
 def test_a_non_finite_step_leaves_the_state_unchanged(tiny_dataset, cpu_devices):
     config = tiny_config()
-    mesh = make_mesh(cpu_devices[:2])
-    state = jax.device_put(poison(create_train_state(config, 4)), replicated(mesh))
-    before = jax.device_get(state)
-    batch = {"image": tiny_dataset.train.images[:16], "label": tiny_dataset.train.labels[:16]}
-    after, metrics = train.make_train_step(config, mesh)(state, batch, jax.random.PRNGKey(0))
+    (before, after), (metrics,) = single_steps(
+        config, tiny_dataset, cpu_devices[:2], 1, state=poison(new_state(config))
+    )
     assert int(metrics["nonfinite"]) == 1
     assert int(after.step) == int(before.step) + 1
     for a, b in zip(
         jax.tree.leaves((before.params, before.opt_state, before.batch_stats)),
-        jax.tree.leaves(jax.device_get((after.params, after.opt_state, after.batch_stats))),
+        jax.tree.leaves((after.params, after.opt_state, after.batch_stats)),
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
@@ -155,24 +146,20 @@ def poisoned_steps(monkeypatch, at_call: int, restore_after: bool):
     With `restore_after`, the next calls get the unpoisoned state back, as if the fault had been
     transient (a bad batch); otherwise the NaNs stay.
     """
-    make = train.make_train_step
+    dispatch, calls = TrainCalls.dispatch, [0]
 
-    def make_poisoned(config, mesh):
-        step, calls = make(config, mesh), [0]
+    def poisoned(self, state, work):
+        calls[0] += 1
+        if calls[0] != at_call:
+            return dispatch(self, state, work)
+        clean = jax.device_get(state)
+        new_state, metrics = dispatch(self, poison(state), work)
+        if restore_after:
+            sharding = jax.tree.leaves(state)[0].sharding
+            new_state = jax.device_put(clean.replace(step=clean.step + 1), sharding)
+        return new_state, metrics
 
-        def poisoned(state, batch, rng):
-            calls[0] += 1
-            if calls[0] != at_call:
-                return step(state, batch, rng)
-            clean = jax.device_get(state)
-            new_state, metrics = step(poison(state), batch, rng)
-            if restore_after:
-                new_state = jax.device_put(clean.replace(step=clean.step + 1), replicated(mesh))
-            return new_state, metrics
-
-        return poisoned
-
-    monkeypatch.setattr(train, "make_train_step", make_poisoned)
+    monkeypatch.setattr(TrainCalls, "dispatch", poisoned)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
@@ -180,11 +167,11 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
 ):
     config = tiny_config(num_epochs=3)  # 4 steps per epoch: call 6 is in epoch 2
     poisoned_steps(monkeypatch, at_call=6, restore_after=False)
-    with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 6 \(epoch 2\)"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite at step 6 \(epoch 2\)"):
         train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
     checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
     assert checkpoints.epochs() == [1]
-    state, history = checkpoints.restore(1, create_train_state(config, 4), make_mesh())
+    state, history = checkpoints.restore(1, new_state(config), make_mesh())
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
     assert len(history) == 1
 
@@ -192,7 +179,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
 def test_non_finite_steps_can_be_skipped(tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys):
     config = tiny_config(num_epochs=2, nonfinite="skip")
     poisoned_steps(monkeypatch, at_call=3, restore_after=True)
-    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1])
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:1]).history
     assert [row["skipped_steps"] for row in history] == [1, 0]
     assert "skipped step 3" in capsys.readouterr().out
     assert np.isfinite(history[-1]["train_loss"])
@@ -200,7 +187,7 @@ def test_non_finite_steps_can_be_skipped(tiny_dataset, cpu_devices, tmp_path, mo
 
 def test_a_full_disk_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage._replace(free=50 << 20))
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: usage._replace(free=50 << 20))
     with pytest.raises(UserError, match=r"only 50 MiB free in .*, and a checkpoint needs about"):
         train.train_and_evaluate(tiny_config(), tmp_path, tiny_dataset)
     assert not (tmp_path / "mnist" / "checkpoints").exists()
@@ -224,48 +211,41 @@ def test_a_failing_save_keeps_the_previous_checkpoint(
         train.train_and_evaluate(tiny_config(num_epochs=3), tmp_path, tiny_dataset, cpu_devices[:1])
     checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
     assert checkpoints.epochs() == [1]
-    checkpoints.restore(1, create_train_state(tiny_config(), 4), make_mesh())
+    checkpoints.restore(1, new_state(tiny_config()), make_mesh())
 
 
-def test_several_steps_per_dispatch_equal_single_steps_bit_for_bit(tiny_dataset, cpu_devices):
-    # Dropout and augmentation on, over 2 devices: every source of randomness and the gather of
-    # the batches from the partitions move into the scan. (Bit for bit because the scan is
-    # unrolled: as a loop, XLA:CPU rounded differently, 3e-8 in one step's conv2d kernel.)
-    config = tiny_config(dropout_rate=0.5, crop_padding=2, batch_size=16)
-    mesh = make_mesh(cpu_devices[:2])
-    partitions = TrainPartitions(training_data_from(tiny_dataset, config), mesh, 16)
-    assert partitions.steps_per_epoch == 4
-    initial = jax.device_get(create_train_state(config, 4))
-    orders = partitions.epoch_orders(initial.rng, 0)
+@pytest.mark.parametrize("devices", [1, 2])
+def test_several_steps_per_dispatch_equal_single_steps_bit_for_bit(
+    tiny_dataset, cpu_devices, devices
+):
+    # Whole epochs through the trainer's driver (`run.train_epoch`), with every source of
+    # randomness (dropout, crops, cutout) and the moving average: calls of 3 steps then the
+    # epoch's short last call of 1, against calls of 1 step.
+    config = tiny_config(
+        dropout_rate=0.5, crop_padding=2, cutout=8, ema_decay=0.9, num_epochs=2, batch_size=16
+    )
 
-    def trained(state):
-        return jax.device_get((state.params, state.batch_stats, state.opt_state))
+    def trained(steps_per_dispatch):
+        run = build(
+            tiny_config(**{**config.to_dict(), "steps_per_dispatch": steps_per_dispatch}),
+            tiny_dataset,
+            cpu_devices[:devices],
+        )
+        assert run.steps_per_epoch == 4
+        state, stop = run.fresh_state(), StopRequests()
+        for epoch in range(2):
+            state, totals = train_epoch(run, state, epoch, stop)
+        return jax.device_get(state), totals
 
-    single, state = train.make_train_step(config, mesh), jax.device_put(initial, replicated(mesh))
-    one_by_one = []
-    for i in range(3):
-        rng = train.step_rng(state.rng, state.step)
-        state, metrics = single(state, partitions.batch(orders, i), rng)
-        one_by_one.append(metrics)
-        if i == 0:
-            after_first = jax.device_get(state)
-    expected = trained(state)
-
-    # Steps 2 and 3 of the epoch in one call, from the state after step 1.
-    steps = train.make_train_steps(config, mesh, partitions)
-    state, metrics = steps(jax.device_put(after_first, replicated(mesh)), orders, 1, 2)
-    assert metrics["loss_sum"].shape == (2,) and train.dispatch_steps(metrics) == 2
-    assert int(state.step) == 3
-    actual = trained(state)
-    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_array_equal(a, b)
-    initial_kernel = initial.params["conv2d"]["kernel"]
-    assert not np.array_equal(actual[0]["conv2d"]["kernel"], initial_kernel)
-    unstacked = list(train.per_step(jax.device_get([metrics])))
-    for a, b in zip(unstacked, jax.device_get(one_by_one[1:]), strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert a[key] == b[key], key
+    (single, single_totals), (several, several_totals) = trained(1), trained(3)
+    assert single_totals == several_totals
+    assert int(several.step) == 8
+    leaves = jax.tree_util.tree_leaves_with_path(several)
+    assert len(leaves) == len(jax.tree.leaves(single))
+    for (path, a), b in zip(leaves, jax.tree.leaves(single), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    initial_kernel = new_state(config).params["conv2d"]["kernel"]
+    assert not np.array_equal(several.params["conv2d"]["kernel"], initial_kernel)
 
 
 class FakeState:
@@ -273,7 +253,7 @@ class FakeState:
 
 
 def fake_dispatches(calls, nonfinite_at):
-    """`run_epoch`'s step function for calls of several steps, with stacked numpy metrics."""
+    """`run.drive`'s dispatch function for calls of several steps, with stacked numpy metrics."""
 
     def step_fn(state, work):
         first, count = work
@@ -299,11 +279,11 @@ def test_the_loop_names_a_non_finite_step_inside_a_dispatch(nonfinite, capsys):
     work = [(0, 3), (3, 3), (6, 3), (9, 1)]
     step_fn = fake_dispatches(calls, nonfinite_at=15)
     if nonfinite == "stop":
-        with pytest.raises(train.NonFiniteLoss, match=r"non-finite at step 15 \(epoch 2\)"):
-            train.run_epoch(FakeState(), iter(work), 10, step_fn, 1, config, StopRequests())
+        with pytest.raises(NonFiniteLoss, match=r"non-finite at step 15 \(epoch 2\)"):
+            drive(FakeState(), iter(work), 10, step_fn, 1, config, StopRequests())
         assert calls == work[:2]  # found at the first fetch, after 6 steps
         return
-    _, totals = train.run_epoch(FakeState(), iter(work), 10, step_fn, 1, config, StopRequests())
+    _, totals = drive(FakeState(), iter(work), 10, step_fn, 1, config, StopRequests())
     assert calls == work
     assert totals == {"loss_sum": 72.0, "correct": 36, "count": 144, "skipped": 1}
     out = capsys.readouterr().out

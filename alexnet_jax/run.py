@@ -1,0 +1,231 @@
+"""One run's set-up and its epoch driver, shared by `train`, `tta` and `bench`.
+
+    run = build(config)                  # mesh, data on the devices, compiled calls, evaluator
+    state = run.fresh_state()
+    state, row, result = run_epoch(run, state, epoch, stop)   # train one epoch, evaluate
+
+`train` adds resuming, checkpoints and the run directory around this; `tta` a target accuracy;
+`bench` times `train_epoch` and `evaluate` apart.
+"""
+
+import collections
+import time
+from dataclasses import dataclass
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from alexnet_jax.config import Derived, derive, validate
+from alexnet_jax.data import Dataset, TrainingData, load_training_data, training_data_from
+from alexnet_jax.distributed import is_primary
+from alexnet_jax.errors import UserError
+from alexnet_jax.evaluation import DeviceSplit, EvalResult, evaluate, make_evaluator
+from alexnet_jax.interrupt import StopRequests
+from alexnet_jax.parallel import check_divisible, make_mesh, replicated
+from alexnet_jax.pipeline import TrainPartitions
+from alexnet_jax.state import TrainState, create_train_state
+from alexnet_jax.step import TrainCalls, per_step
+
+# Calls to the devices that may be queued or running at once. The host dispatches call n + 1
+# only once call n - 1 has finished: the devices never wait for the host, and a stop request
+# takes effect after at most the call in progress (README: Failure and recovery).
+CALLS_IN_FLIGHT = 2
+
+
+# The fields of an epoch's row that are timings: they differ between runs of the same bits.
+TIMING_FIELDS = frozenset(
+    {"train_seconds", "eval_seconds", "epoch_seconds", "train_images_per_second"}
+)
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+@dataclass
+class Run:
+    """Everything one training run needs on the devices, built once by `build`."""
+
+    config: ml_collections.ConfigDict
+    derived: Derived
+    mesh: Mesh
+    data: TrainingData  # this process's training shard and the evaluation split
+    partitions: TrainPartitions  # the training images on the devices
+    evaluation: DeviceSplit  # the evaluation split on the devices
+    calls: TrainCalls
+    evaluator: object  # from `make_evaluator`
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.partitions.steps_per_epoch
+
+    def fresh_state(self) -> TrainState:
+        """The config's initial state, replicated on the mesh."""
+        state = create_train_state(self.config, self.derived, self.steps_per_epoch)
+        return jax.device_put(state, replicated(self.mesh))
+
+    def abstract_state(self) -> TrainState:
+        return jax.eval_shape(
+            lambda: create_train_state(self.config, self.derived, self.steps_per_epoch)
+        )
+
+    def lower(self, state: TrainState) -> tuple[list, object]:
+        """The training programs an epoch runs and the evaluation program, lowered (ahead of
+        time: `.compile()` fills the jitted calls' caches)."""
+        training = self.calls.lower(state, self.partitions.epoch_orders(state.rng, 0))
+        return training, self.evaluator.lower(state, self.evaluation.batches)
+
+    def evaluate(self, state: TrainState) -> EvalResult:
+        return evaluate(state, self.evaluation, self.evaluator, self.derived.num_classes)
+
+
+def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None, devices=None) -> Run:
+    """Set up a run of `config` on `devices` (default: all): read this process's share of the
+    data (from TFDS, or from `dataset` for tests and synthetic benchmarks) and place it."""
+    validate(config)
+    derived = derive(config)
+    mesh = make_mesh(devices)
+    check_divisible(config.batch_size, mesh)
+    check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
+    process, processes = jax.process_index(), jax.process_count()
+    if dataset is None:
+        data = load_training_data(config, process, processes)
+    else:
+        data = training_data_from(dataset, config, process, processes)
+    partitions = TrainPartitions(data, mesh, config.batch_size)
+    return Run(
+        config=config,
+        derived=derived,
+        mesh=mesh,
+        data=data,
+        partitions=partitions,
+        evaluation=DeviceSplit(data.evaluation, config.eval_batch_size, mesh),
+        calls=TrainCalls(config, derived, mesh, partitions),
+        evaluator=make_evaluator(config, derived, mesh),
+    )
+
+
+def run_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests):
+    """Train epoch `epoch` (0-based), then evaluate: (state, the epoch's row, the evaluation).
+
+    The row and the evaluation are None when a stop was requested: the epoch is then incomplete
+    and not evaluated.
+    """
+    start = time.perf_counter()
+    state, totals = train_epoch(run, state, epoch, stop)
+    if stop.stopped:
+        return state, None, None
+    jax.block_until_ready(state)
+    trained = time.perf_counter()
+    result = run.evaluate(state)
+    evaluated = time.perf_counter()
+    row = {
+        "epoch": epoch + 1,
+        "step": int(state.step),
+        "train_loss": float(totals["loss_sum"] / totals["count"]),
+        "train_accuracy": float(totals["correct"] / totals["count"]),
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+        "eval_split": run.data.eval_name,
+        "skipped_steps": totals["skipped"],
+        "train_seconds": trained - start,
+        "eval_seconds": evaluated - trained,
+        "train_images_per_second": float(totals["count"]) / (trained - start),
+    }
+    return state, row, result
+
+
+def train_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests):
+    """Train one epoch; returns the state and the summed metrics of its finite steps.
+
+    Stops early (without error) when a stop was requested; raises NonFiniteLoss at the first
+    non-finite step unless the config skips them.
+    """
+    config = run.config
+    orders = run.partitions.epoch_orders(state.rng, epoch)
+    return drive(
+        state, run.calls.epoch(orders), run.steps_per_epoch, run.calls.dispatch, epoch, config, stop
+    )
+
+
+def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequests):
+    """Run an epoch's `calls` by `dispatch(state, call) -> (state, metrics)`, with the progress
+    bar; returns the state and the summed metrics of the finite steps.
+
+    A call runs one step or several; its metrics are stacked, a row per step. They are fetched
+    every `config.log_every` steps, which is when the progress bar moves.
+    """
+    totals = {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0}
+    first_step = int(state.step)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.num_epochs}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not is_primary(),
+    )
+    pending, pending_steps = [], 0
+    in_flight = collections.deque()
+    interval_start = time.perf_counter()
+
+    def drain():
+        nonlocal pending, pending_steps, interval_start
+        # Fetching the metrics waits for the device; doing it every few steps keeps the
+        # device busy in between.
+        images = 0
+        for offset, metrics in enumerate(per_step(jax.device_get(pending))):
+            step = first_step + bar.n + offset + 1
+            if metrics["nonfinite"]:
+                if config.nonfinite == "stop":
+                    raise NonFiniteLoss(
+                        f"the loss or gradients became non-finite at step {step} (epoch "
+                        f"{epoch + 1}); the run stopped without saving it, so the last "
+                        "checkpoint is intact: lower learning_rate, or set "
+                        "--config.nonfinite=skip to skip such steps"
+                    )
+                totals["skipped"] += 1
+                say(f"warning: skipped step {step}: non-finite loss or gradients")
+                continue
+            for key in ("loss_sum", "correct", "count"):
+                totals[key] += metrics[key]
+            images += int(metrics["count"])
+        bar.update(pending_steps)
+        pending, pending_steps = [], 0
+        now = time.perf_counter()
+        if images:
+            bar.set_postfix(
+                loss=f"{totals['loss_sum'] / totals['count']:.4f}",
+                acc=f"{totals['correct'] / totals['count']:.4f}",
+                img_s=f"{images / (now - interval_start):.0f}",
+            )
+        interval_start = now
+
+    for call in calls:
+        state, metrics = dispatch(state, call)
+        pending.append(metrics)
+        pending_steps += len(metrics["nonfinite"])
+        in_flight.append(metrics)
+        if len(in_flight) >= CALLS_IN_FLIGHT:
+            jax.block_until_ready(in_flight.popleft())
+        synchronise = pending_steps >= config.log_every
+        if synchronise:
+            drain()
+        if stop.should_stop(synchronise):
+            break
+    drain()
+    bar.close()
+    stop.should_stop(synchronise=True)  # the epoch's end: every process decides here too
+    if not stop.stopped and totals["count"] == 0:
+        raise NonFiniteLoss(
+            f"every step of epoch {epoch + 1} was non-finite and skipped: lower learning_rate"
+        )
+    return state, totals
+
+
+def say(message: str) -> None:
+    """A line between progress bars, from process 0 only."""
+    if is_primary():
+        tqdm.write(message)

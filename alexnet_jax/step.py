@@ -1,0 +1,217 @@
+"""The training step: its math (`train_step`), and the compiled calls that run it on the devices.
+
+`train_step(state, batch, rng) -> (state, metrics)` is pure per-device code in the pmap style:
+it sees its slice of the global batch, and `jax.shard_map` maps it over the mesh's batch axis
+(README: How the training step is parallel). `TrainCalls` compiles it, one step or several per
+call to the devices.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, PartitionSpec
+
+from alexnet_jax import keys, preprocess
+from alexnet_jax.config import Derived
+from alexnet_jax.parallel import DATA_AXIS
+from alexnet_jax.pipeline import TrainPartitions, device_batch
+from alexnet_jax.state import TrainState, update_ema
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+    """Mean softmax cross-entropy against (optionally smoothed) one-hot labels."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def train_step(
+    state: TrainState,
+    batch,
+    rng,
+    *,
+    image_size: int,
+    mean,
+    std,
+    dtype,
+    num_classes: int,
+    crop_padding: int,
+    flip: bool,
+    cutout: int,
+    label_smoothing: float,
+    ema_decay: float = 0.0,
+):
+    """One SGD step on this device's slice of the global batch; gradients are averaged over all.
+
+    Runs under `shard_map` over DATA_AXIS: `batch` ({'image': uint8, 'label': int}) is the
+    local slice, `state` and `rng` (the step's key, `keys.step_key`) are the same on every
+    device. BatchNorm averages its batch statistics over DATA_AXIS too, so the step equals one
+    on the whole batch on one device. Returns the new state and metrics summed over the global
+    batch.
+    """
+    local = batch["label"].shape[0]
+    device = jax.lax.axis_index(DATA_AXIS)
+    augment_rng, dropout_rng = keys.augment_and_dropout_keys(rng)
+    example_keys = keys.example_keys(augment_rng, device * local, local)
+    # Cutout fills with the dataset's mean colour: zero once normalised.
+    fill = jnp.round(jnp.asarray(mean) * 255).astype(jnp.uint8)
+    images = preprocess.augment(batch["image"], example_keys, crop_padding, flip, cutout, fill)
+    x = preprocess.to_model_input(images, image_size, mean, std, dtype)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            rngs={"dropout": keys.dropout_key(dropout_rng, device)},
+            mutable=["batch_stats"],
+        )
+        loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing)
+        return loss, (logits, updates["batch_stats"])
+
+    # Marking the replicated parameters as device-varying makes each device differentiate its own
+    # loss (without it, shard_map would sum the gradients over devices); pmean then averages them.
+    params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    # A step whose loss, gradients or BatchNorm statistics are not finite leaves the state as
+    # it was (but for the step count), so neither a skipped step nor the state kept when
+    # stopping holds NaNs. The check comes before the update, so that XLA fuses the choice of
+    # old or new parameters and optimiser state into the update itself; checking the new
+    # parameters as well cost a fifth of the step on a CPU at 67x67 (README: Speed). Finite
+    # gradients give finite parameters unless an update overflows float32. (The statistics
+    # are a few thousand numbers; checking them keeps their rounding that of a single step
+    # when several steps run in one call.)
+    finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, batch_stats))
+    updated = update_ema(state.apply_gradients(grads=grads, batch_stats=batch_stats), ema_decay)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    state = state.replace(step=updated.step)
+    metrics = jax.lax.psum(
+        {
+            "loss_sum": loss * local,
+            "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+            "count": jnp.asarray(local, jnp.int32),
+        },
+        DATA_AXIS,
+    )
+    return state, {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every floating-point leaf is finite."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def step_body(config: ml_collections.ConfigDict, derived: Derived):
+    """`train_step` with the config's options bound: (state, batch, rng) -> (state, metrics)."""
+    return functools.partial(
+        train_step,
+        image_size=config.image_size,
+        mean=derived.mean,
+        std=derived.std,
+        dtype=derived.dtype,
+        num_classes=derived.num_classes,
+        crop_padding=config.crop_padding,
+        flip=config.flip,
+        cutout=config.cutout,
+        label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay,
+    )
+
+
+def make_train_steps(
+    config: ml_collections.ConfigDict, derived: Derived, mesh: Mesh, partitions: TrainPartitions
+):
+    """Train steps compiled and data-parallel over `mesh`:
+    (state, orders, first, count) -> (state, metrics stacked one row per step).
+
+    Runs steps `first` .. `first + count - 1` of the epoch whose `orders` are given (each
+    device's order of its training partition, `TrainPartitions.epoch_orders`): each device
+    gathers its slice of every batch from its partition, and each step draws its randomness
+    from the carried state by `keys.step_key`.
+
+    The steps are unrolled, with an optimisation barrier between them: the program is `count`
+    copies of the one-step program in a row, each compiled as it would be alone, so `count`
+    steps in one call give the bits of `count` calls of one step (tested). (As a loop on the
+    device, XLA:CPU ran the step 6x slower and rounded differently; without the barrier it
+    fused across steps and rounded the moving average differently.) Compilation grows with
+    `count`, and `count` is static: one program per distinct count (the configured one, and
+    the remainder at the end of an epoch when it does not divide the steps per epoch).
+    """
+    body = step_body(config, derived)
+    size = partitions.device_batch
+
+    def per_device(state, images, labels, orders, first, *, count):
+        def one(state, i):
+            state = jax.lax.optimization_barrier(state)
+            batch = device_batch(images, labels, orders, first + i, size=size)
+            state, metrics = body(state, batch, keys.step_key(state.rng, state.step))
+            return jax.lax.optimization_barrier((state, metrics))
+
+        return jax.lax.scan(one, state, jnp.arange(count, dtype=jnp.int32), unroll=True)
+
+    @functools.cache
+    def compiled(count: int):
+        sharded = jax.shard_map(
+            functools.partial(per_device, count=count),
+            mesh=mesh,
+            in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
+            out_specs=(PartitionSpec(), PartitionSpec()),
+        )
+        # The old state's buffers are reused for the new one.
+        return jax.jit(sharded, donate_argnums=0)
+
+    def arguments(state, orders, first):
+        return state, partitions.images, partitions.labels, orders, jnp.asarray(first, jnp.int32)
+
+    def run(state, orders, first: int, count: int):
+        return compiled(count)(*arguments(state, orders, first))
+
+    # For ahead-of-time compilation: the program of `count` steps, lowered.
+    run.lower = lambda state, orders, count: compiled(count).lower(*arguments(state, orders, 0))
+    return run
+
+
+class TrainCalls:
+    """The calls to the devices that train an epoch, `steps_per_dispatch` steps each.
+
+    `epoch(orders)` yields the work of each call, (orders, first step, step count): the last
+    call of an epoch runs what is left. `dispatch(state, work) -> (state, metrics)` runs one.
+    A single step is a call of one step: training has this one path.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        derived: Derived,
+        mesh: Mesh,
+        partitions: TrainPartitions,
+    ):
+        self.per_call = config.steps_per_dispatch
+        self.partitions = partitions
+        self._steps = make_train_steps(config, derived, mesh, partitions)
+
+    def epoch(self, orders):
+        steps = self.partitions.steps_per_epoch
+        return (
+            (orders, first, min(self.per_call, steps - first))
+            for first in range(0, steps, self.per_call)
+        )
+
+    def dispatch(self, state, work):
+        return self._steps(state, *work)
+
+    def lower(self, state, orders) -> list:
+        """Every distinct program an epoch runs, lowered (`.compile()` fills jit's cache)."""
+        counts = sorted({count for _, _, count in self.epoch(orders)})
+        return [self._steps.lower(state, orders, count) for count in counts]
+
+
+def per_step(metrics_list):
+    """The stacked metrics of several calls, as one dict per step, in order."""
+    for metrics in metrics_list:
+        for i in range(len(metrics["nonfinite"])):
+            yield {key: value[i] for key, value in metrics.items()}
