@@ -272,8 +272,26 @@ def defaults(args) -> argparse.Namespace:
     return argparse.Namespace(**filled)
 
 
+# Fields the bench sets itself, per measurement, and the option that sets them.
+OWN_FIELDS = {
+    "batch_size": "--batch-size",
+    "image_size": "--image-size",
+    "eval_batch_size": "--eval-batch-size",
+    "stem": "--configs",
+    "compute_dtype": "--configs",
+    "steps_per_dispatch": "--configs",
+}
+
+
 def run_all(args) -> dict:
     """Measure every (device count, batch size, configuration); returns the JSON document."""
+    for override in args.overrides:
+        field = override.partition("=")[0]
+        if field in OWN_FIELDS:
+            raise UserError(
+                f"--config.{field} is set by the bench for each measurement: use "
+                f"{OWN_FIELDS[field]} instead"
+            )
     args = defaults(args)
     names = args.configs.split(",")
     overrides = {name: configuration(name) for name in names}

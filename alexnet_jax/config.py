@@ -10,6 +10,8 @@ import ast
 import difflib
 import importlib.util
 import math
+import re
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from alexnet_jax.data import DATASETS, DatasetSpec, spec
-from alexnet_jax.errors import UserError
+from alexnet_jax.errors import UserError, first_line
 from alexnet_jax.model import MIN_IMAGE_SIZE, STEMS
 
 
@@ -66,6 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
     # step at a time. Stop requests and progress take effect between calls; compiling takes
     # longer the more steps a call holds.
     c.steps_per_dispatch = 1
+    # Locked: setting a field that does not exist (a typo in an experiment file) is an error
+    # where it happens, not a silently ignored field.
+    c.lock()
     return c
 
 
@@ -103,11 +108,33 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise UserError(f"config file {path} has no get_config() function")
+        return module.get_config()
+    except UserError:
+        raise
     except Exception as e:
-        raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise UserError(f"config file {path} has no get_config() function")
-    return module.get_config()
+        raise UserError(f"config file {path} failed to load: {_describe(e, file)}") from e
+
+
+def _describe(error: Exception, file: Path) -> str:
+    """One line for an error raised by an experiment file, naming its line there."""
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(error.__traceback__)
+        if Path(frame.filename).resolve() == file.resolve()
+    ]
+    where = f"line {lines[-1]}: " if lines else ""
+    unknown = re.match(r'.*Key "(\w+)" does not exist and cannot be added', str(error))
+    if unknown:
+        return f"{where}{unknown[1]!r} is not a config field: {_closest(unknown[1])}"
+    return f"{where}{type(error).__name__}: {first_line(error)}"
+
+
+def _closest(key: str) -> str:
+    fields = list(default_config().keys())
+    close = difflib.get_close_matches(key, fields, n=1)
+    return f"did you mean {close[0]}?" if close else f"fields: {', '.join(fields)}"
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
@@ -117,9 +144,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         if not sep:
             raise UserError(f"override {override!r} needs a value: write --config.FIELD=VALUE")
         if key not in config:
-            close = difflib.get_close_matches(key, list(config.keys()), n=1)
-            hint = f"did you mean {close[0]}?" if close else f"fields: {', '.join(config.keys())}"
-            raise UserError(f"unknown config field {key!r}: {hint}")
+            raise UserError(f"unknown config field {key!r}: {_closest(key)}")
         kind = config.get_type(key)
         try:
             config[key] = _parse(text, kind)

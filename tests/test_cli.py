@@ -1,0 +1,70 @@
+"""The command line shared by train, seeds, tta and bench: --config.FIELD options."""
+
+import pytest
+
+from alexnet_jax import bench
+from alexnet_jax.cli import command_parser, config_from_command_line, overrides_from
+from alexnet_jax.config import load_config
+from alexnet_jax.errors import UserError
+
+from conftest import ROOT
+
+QUICK = str(ROOT / "experiments" / "quick.py")
+
+
+def test_both_forms_of_a_config_option_are_read():
+    parser = command_parser("test")
+    args, rest = parser.parse_known_args(
+        [
+            "--config",
+            QUICK,
+            "--config.batch_size",
+            "64",
+            "--config.flip=true",
+            "--config.seed",
+            "-3",
+        ]
+    )
+    assert overrides_from(rest) == ["batch_size=64", "flip=true", "seed=-3"]
+    config = config_from_command_line(args.config, rest, "/data")
+    assert (config.batch_size, config.flip, config.seed, config.data_dir) == (64, True, -3, "/data")
+
+
+@pytest.mark.parametrize(
+    "rest, message",
+    [
+        (["--config.batch_size"], "--config.batch_size needs a value"),
+        (["--bogus"], "unknown option --bogus"),
+        (["64"], "unknown option 64"),
+    ],
+)
+def test_bad_options_say_what_is_wrong(rest, message):
+    with pytest.raises(UserError, match=message):
+        overrides_from(rest)
+
+
+def test_bench_refuses_overrides_of_what_it_sets_itself(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--config.batch_size", "64"])
+    assert exit_info.value.code == 2
+    assert "use --batch-size instead" in capsys.readouterr().err
+
+
+def test_a_typo_in_an_experiment_file_names_its_line(tmp_path):
+    experiment = tmp_path / "typo.py"
+    experiment.write_text(
+        "from alexnet_jax.config import default_config\n\n\n"
+        "def get_config():\n"
+        "    config = default_config()\n"
+        "    config.num_epoch = 3\n"
+        "    return config\n"
+    )
+    with pytest.raises(UserError, match=r"line 6: 'num_epoch' is not a config field: did you mean"):
+        load_config(experiment)
+
+
+def test_an_error_inside_get_config_is_one_line(tmp_path):
+    experiment = tmp_path / "boom.py"
+    experiment.write_text("def get_config():\n    return 1 / 0\n")
+    with pytest.raises(UserError, match=r"line 2: ZeroDivisionError: division by zero$"):
+        load_config(experiment)
