@@ -87,14 +87,24 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, steps_per_epoch: int, num_classes: int = 10
+    config: ml_collections.ConfigDict,
+    steps_per_epoch: int,
+    num_classes: int = 10,
+    variables: dict | None = None,
 ) -> TrainState:
-    """Fresh parameters for the config's dataset and image size, seeded by `config.seed`."""
+    """Fresh parameters for the config's dataset and image size, seeded by `config.seed`.
+
+    `variables` ({"params", "batch_stats"} of the model's shapes: a model imported from Keras)
+    replace the random initialisation; the optimiser state, step and rng are fresh either way.
+    """
     model = make_model(config, num_classes)
     channels = spec(config.dataset).image_shape[-1]
     init_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    dummy = jnp.zeros((1, config.image_size, config.image_size, channels), jnp.float32)
-    variables = jax.jit(lambda rng: model.init(rng, dummy, train=False))(init_rng)
+    if variables is None:
+        dummy = jnp.zeros((1, config.image_size, config.image_size, channels), jnp.float32)
+        variables = jax.jit(lambda rng: model.init(rng, dummy, train=False))(init_rng)
+    else:
+        variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), variables)
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
