@@ -35,6 +35,11 @@ from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state, inference_variables
 from alexnet_jax.summary import KERAS_TYPES
 
+try:  # imported first, so that Keras starts on the JAX backend whoever imports it next
+    from alexnet_jax import keras_model
+except ModuleNotFoundError as e:  # the keras extra is not installed: said when it is needed
+    keras_model, _keras_missing = None, e
+
 IMPORTED = "imported.json"  # in the run dir: where the weights came from and what was done
 
 # What a Keras model may expect as input, per channel: a * pixel + b with pixels 0..255.
@@ -61,12 +66,11 @@ WEIGHTED = tuple(name for name, kind, _ in LAYERS if kind in ("conv", "norm", "d
 
 def _keras_model():
     """alexnet_jax.keras_model, or a UserError saying how to install Keras."""
-    try:
-        from alexnet_jax import keras_model
-    except ModuleNotFoundError as e:
+    if keras_model is None:
         raise UserError(
-            f"Keras interop needs Keras 3 ({e}): install the extra, pip install -e '.[keras]'"
-        ) from e
+            f"Keras interop needs Keras 3 ({_keras_missing}): install the extra, "
+            "pip install -e '.[keras]'"
+        )
     return keras_model
 
 
@@ -252,19 +256,15 @@ def _from_keras_model(model, path: Path, format: str, version: str | None) -> Ke
     if start is None:
         raise UserError(f"{path} has no Conv2D layer: not the seed's AlexNet")
     stack = layers[start : start + len(LAYERS)]
-    if len(stack) < len(LAYERS):
-        raise UserError(
-            f"{path} has {len(stack)} layers from its first Conv2D on, the seed's AlexNet "
-            f"{len(LAYERS)}: not the seed's AlexNet"
-        )
     read = KerasWeights(path, format, version, {})
     try:
         integer_input = not keras.backend.is_float_dtype(model.inputs[0].dtype)
     except (AttributeError, IndexError, TypeError, ValueError):  # a model never built
         integer_input = False
     read.input_scale, read.notes = _input_scale(layers[:start], path, keras, integer_input)
+    # zip stops at the shorter: a model that ends early is told after its layers are checked.
     for position, (layer, (name, kind, args)) in enumerate(
-        zip(stack, LAYERS, strict=True), start + 1
+        zip(stack, LAYERS, strict=False), start + 1
     ):
         problem = _mismatch(layer, kind, args)
         if problem:
@@ -276,6 +276,11 @@ def _from_keras_model(model, path: Path, format: str, version: str | None) -> Ke
             read.weights[name] = [np.asarray(w) for w in layer.get_weights()]
         if kind == "dropout" and read.dropout_rate is None:
             read.dropout_rate = float(layer.rate)
+    if len(stack) < len(LAYERS):
+        raise UserError(
+            f"{path} ends after {stack[-1].name}, where the seed's AlexNet goes on with "
+            f"{LAYERS[len(stack)][0]}: not the seed's AlexNet"
+        )
     for layer in layers[start + len(LAYERS) :]:
         config = layer.get_config()
         softmax = type(layer).__name__ == "Softmax" or config.get("activation") == "softmax"
@@ -518,25 +523,24 @@ def fold_input_scale(variables: dict, scale, dataset: str) -> tuple[dict, bool]:
     return {**variables, "params": params}, True
 
 
-def import_model(
-    source: str | Path,
-    dataset: str,
-    out: str | Path,
-    input_scale: str | None = None,
-    image_size: int | None = None,
-    data_dir: str | None = None,
-    say=print,
-) -> Path:
-    """Write the run `out` from a Keras file of the seed's model; returns the run dir."""
+@dataclass(frozen=True)
+class Imported:
+    """A Keras file's weights, checked for a dataset and put into alexnet_jax's terms."""
+
+    read: KerasWeights
+    variables: dict  # Flax {"params", "batch_stats"}, float32, for alexnet_jax's input scale
+    image_size: int
+    input_scale: tuple[np.ndarray, np.ndarray]  # (a, b) of the file's model
+    folded: bool  # whether the input scale was folded into conv2d
+
+
+def read_model(
+    source: str | Path, dataset: str, input_scale: str | None = None, image_size: int | None = None
+) -> Imported:
+    """Read a Keras file of the seed's model and check it for `dataset` (see `import_model`)."""
     spec(dataset)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder for the run")
-    if (out / checkpoint.CHECKPOINTS).exists():
-        raise UserError(f"{out} holds a run already: pass another --out (nothing was changed)")
     if input_scale is not None and input_scale not in INPUT_SCALES:
         raise UserError(f"--input-scale {input_scale}: choose one of {', '.join(INPUT_SCALES)}")
-
     read = read_keras_file(source)
     size = _check_weights(read, dataset, image_size)
     if read.input_scale is not None and input_scale is not None:
@@ -554,6 +558,35 @@ def import_model(
     variables = _keras_model().flax_variables(read.weights)
     variables = jax.tree.map(lambda w: np.asarray(w, np.float32), variables)
     variables, folded = fold_input_scale(variables, scale, dataset)
+    return Imported(read, variables, size, scale, folded)
+
+
+def import_model(
+    source: str | Path,
+    dataset: str,
+    out: str | Path,
+    input_scale: str | None = None,
+    image_size: int | None = None,
+    data_dir: str | None = None,
+    say=print,
+) -> Path:
+    """Write the run `out` from a Keras file of the seed's model; returns the run dir.
+
+    The run's one checkpoint is epoch 0 with an empty metrics history (nothing was trained or
+    evaluated here), a fresh optimiser state, and the config the file implies.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a folder for the run")
+    if (out / checkpoint.CHECKPOINTS).exists():
+        raise UserError(f"{out} holds a run already: pass another --out (nothing was changed)")
+    imported = read_model(source, dataset, input_scale, image_size)
+    read, size, scale, folded = (
+        imported.read,
+        imported.image_size,
+        imported.input_scale,
+        imported.folded,
+    )
 
     config = default_config()
     config.update(dataset=dataset, image_size=size)
@@ -563,7 +596,7 @@ def import_model(
         config.data_dir = data_dir
     validate(config)
     # A fresh state (optimiser moments at zero, step 0) with the imported weights in it.
-    state = create_train_state(config, 1, len(spec(dataset).class_names), variables)
+    state = create_train_state(config, 1, len(spec(dataset).class_names), imported.variables)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoint.Checkpoints(out / checkpoint.CHECKPOINTS)
     try:
