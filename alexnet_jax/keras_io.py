@@ -10,7 +10,7 @@ whose one checkpoint (epoch 0, no metrics, a fresh optimiser) holds the weights:
 `predict`, `report` and `export` then take it as --ckpt. Nothing in the file is unpickled or
 run: a config that asks for code (a Lambda layer, a module outside Keras) is refused before
 Keras reads it, and Keras loads the rest with safe_mode. `export` writes a Keras 3 model of raw
-uint8 images: Resizing, Rescaling and Normalization in front of the seed's layers, with the run's
+uint8 images: Rescaling, Resizing and Normalization in front of the seed's layers, with the run's
 weights (its moving average when it has one). Both need the `keras` extra.
 """
 
@@ -35,10 +35,12 @@ from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state, inference_variables
 from alexnet_jax.summary import KERAS_TYPES
 
-try:  # imported first, so that Keras starts on the JAX backend whoever imports it next
+try:  # keras_model now, so that Keras starts on the JAX backend whoever imports it next
+    import h5py
+
     from alexnet_jax import keras_model
 except ModuleNotFoundError as e:  # the keras extra is not installed: said when it is needed
-    keras_model, _keras_missing = None, e
+    keras_model, h5py, _keras_missing = None, None, e
 
 IMPORTED = "imported.json"  # in the run dir: where the weights came from and what was done
 
@@ -100,6 +102,7 @@ class KerasWeights:
 def read_keras_file(path: str | Path) -> KerasWeights:
     """The seed's weights from a .keras, .weights.h5 or Keras 2 .h5 file, told apart by content."""
     path = Path(path)
+    _keras_model()
     if not path.is_file():
         raise UserError(f"{path} does not exist or is not a file: pass a Keras model file")
     if zipfile.is_zipfile(path):
@@ -108,8 +111,6 @@ def read_keras_file(path: str | Path) -> KerasWeights:
         raise UserError(
             f"{path} is not a zip archive, as .keras files are: it is truncated or damaged"
         )
-    import h5py  # a dependency of Keras
-
     try:
         file = h5py.File(path, "r")
     except OSError as e:
@@ -147,6 +148,8 @@ def _read_keras_archive(path: Path) -> KerasWeights:
         raise UserError(
             f"{path} is not a readable .keras archive ({_first_line(e)}): truncated or damaged?"
         ) from e
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: its config.json is not a Keras model's")
     _refuse_unsafe(config, path)
     keras = _keras_model().keras
     if path.suffix != ".keras":
@@ -160,6 +163,8 @@ def _read_keras_archive(path: Path) -> KerasWeights:
 
 def _read_keras2_model(path: Path, file, version: str | None) -> KerasWeights:
     config = json.loads(_text(file.attrs["model_config"]))
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: its model_config is not a Keras model's")
     _refuse_unsafe(config, path)
     keras = _keras_model().keras
     try:
@@ -508,6 +513,8 @@ def fold_input_scale(variables: dict, scale, dataset: str) -> tuple[dict, bool]:
     Returns (variables, whether anything changed): a model of alexnet_jax's scale is left as is.
     """
     channels = spec(dataset).image_shape[-1]
+    if any(np.size(v) not in (1, channels) for v in scale):
+        raise UserError(f"the model scales {np.size(scale[0])} channels, {dataset} has {channels}")
     a, b = (np.broadcast_to(np.asarray(v, np.float64), (channels,)) for v in scale)
     a0, b0 = scale_of("standard", dataset)
     if np.allclose(a, a0, rtol=1e-6, atol=0) and np.allclose(b, b0, rtol=1e-6, atol=1e-9):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import checkpoint, export, keras_io, keras_model, predict, report
+from alexnet_jax import checkpoint, export, keras_io, keras_model, predict, preprocess, report
 from alexnet_jax import eval as evaluation
-from alexnet_jax.data import Dataset, Split
+from alexnet_jax.data import DATASETS, Dataset, Split
 from alexnet_jax.model import STEMS, AlexNet
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
@@ -277,6 +277,20 @@ def test_export_then_import_gives_back_identical_arrays(averaged_run, imported_t
     assert_same_arrays(model.variables, average)  # the moving average, not the parameters:
     trained_kernel = imported_trained.state.params["conv2d"]["kernel"]
     assert not np.array_equal(average["params"]["conv2d"]["kernel"], trained_kernel)
+
+
+def test_a_cifar10_model_scales_each_channel_out_and_back(tmp_path):
+    """The export's front for 3 channels (per-channel mean and std), without a run."""
+    variables = random_variables(SIZE, 3, seed=3)
+    model = keras_model.inference_model("cifar10", SIZE, variables)
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    cifar10 = DATASETS["cifar10"]
+    x = preprocess.to_model_input(images, SIZE, cifar10.mean, cifar10.std)
+    within_tolerance(model.predict(images, verbose=0), jax.jit(AlexNet().apply)(variables, x))
+    model.save(tmp_path / "cifar10.keras")
+    back = keras_io.read_model(tmp_path / "cifar10.keras", "cifar10")
+    assert not back.folded and back.image_size == SIZE
+    assert_same_arrays(back.variables, variables)
 
 
 # --- Errors: one line each ----------------------------------------------------------------------
