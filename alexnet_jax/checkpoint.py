@@ -87,7 +87,8 @@ def _arrays(state: TrainState):
 class Checkpoints:
     """The checkpoints of one run: each holds the state, the config and the metrics history.
 
-    The step of a checkpoint is the number of epochs completed. The last `keep` epochs are kept,
+    The step of a checkpoint is the number of epochs completed (0, with an empty history, for a
+    model imported from Keras: `keras_io`). The last `keep` epochs are kept,
     and the best by test accuracy besides. Saving is asynchronous.
     """
 
@@ -122,7 +123,9 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def best_epoch(self) -> int | None:
-        return self._manager.best_step()
+        """The epoch of the best test accuracy; the latest when none was evaluated (imported)."""
+        best = self._manager.best_step()
+        return best if best is not None else self.latest_epoch()
 
     def save(self, epoch, state, config, history) -> None:
         """Start writing the checkpoint of `epoch` (returns before the write completes)."""
@@ -145,7 +148,8 @@ class Checkpoints:
                     topology=ocp.args.JsonSave(topology),
                     integrity=ocp.args.JsonSave(integrity),
                 ),
-                metrics={BEST_METRIC: history[-1][BEST_METRIC]},
+                # An epoch-0 checkpoint (an imported model) has no metrics, and is never "best".
+                metrics={BEST_METRIC: history[-1][BEST_METRIC]} if history else None,
             )
         except Exception as e:
             raise self._save_error(epoch, e) from e

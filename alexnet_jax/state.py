@@ -81,13 +81,23 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, derived: Derived, steps_per_epoch: int
+    config: ml_collections.ConfigDict,
+    derived: Derived,
+    steps_per_epoch: int,
+    variables: dict | None = None,
 ) -> TrainState:
-    """Fresh parameters for the config's dataset and image size, seeded by `config.seed`."""
+    """Fresh parameters for the config's dataset and image size, seeded by `config.seed`.
+
+    `variables` ({"params", "batch_stats"} of the model's shapes: a model imported from Keras)
+    replace the random initialisation; the optimiser state, step and rng are fresh either way.
+    """
     model = make_model(config, derived)
     init_rng, run_rng = keys.seed_keys(config.seed)
-    dummy = jnp.zeros((1, config.image_size, config.image_size, derived.channels), jnp.float32)
-    variables = jax.jit(lambda rng: model.init(rng, dummy, train=False))(init_rng)
+    if variables is None:
+        dummy = jnp.zeros((1, config.image_size, config.image_size, derived.channels), jnp.float32)
+        variables = jax.jit(lambda rng: model.init(rng, dummy, train=False))(init_rng)
+    else:
+        variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), variables)
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

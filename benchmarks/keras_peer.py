@@ -3,36 +3,34 @@
     python benchmarks/keras_peer.py [--image-size 224] [--batch-size 512]
         [--policies float32,mixed_bfloat16] [--ours conv11-k1,s2d-k1] [--out peers.json]
 
-The peer is what a Keras user would write: the seed's `Sequential` (the same layers and
-parameter counts, checked at start against alexnet_jax's model) behind `Resizing` and
-`Rescaling(1/255)` layers on uint8 input, compiled with SGD and sparse categorical
-cross-entropy, trained by `model.fit` on in-memory uint8 arrays. In the same process and on the
-same device, `alexnet_jax.bench.measure` times our `make train-cifar10` step at the same batch,
-image size and precision (`float32`, or bfloat16 for `mixed_bfloat16`). Ours does more per
-image (random crop and flip, per-channel normalisation); the peer has no augmentation.
+The peer is what a Keras user would write: the seed's `Sequential` (its layers from
+`alexnet_jax.keras_model`, the parameter counts checked at start against alexnet_jax's model)
+behind `Resizing` and `Rescaling(1/255)` layers on uint8 input, compiled with SGD and sparse
+categorical cross-entropy, trained by `model.fit` on in-memory uint8 arrays. In the same process
+and on the same device, `alexnet_jax.bench.measure` times our `make train-cifar10` step at the
+same batch, image size and precision (`float32`, or bfloat16 for `mixed_bfloat16`). Ours does
+more per image (random crop and flip, per-channel normalisation); the peer has no augmentation.
+(Keras' Resizing rounds resized uint8 images to integers; that does not change the timing.)
 
 Both train on synthetic uint8 images of CIFAR-10's shape for one warm-up epoch (compilation)
 and `--epochs` timed epochs of `--steps` steps; throughput is images over the median timed epoch.
 """
 
-import os
+import argparse
+import statistics
+import sys
+import time
 
-os.environ["KERAS_BACKEND"] = "jax"  # the peer is Keras on JAX; must precede importing keras
+import jax
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+from alexnet_jax import bench, keras_model  # keras_model starts Keras on the JAX backend
+from alexnet_jax.config import load_config
+from alexnet_jax.data import spec, synthetic_dataset
+from alexnet_jax.errors import UserError, cli
+from alexnet_jax.model import AlexNet
+from alexnet_jax.summary import summarize
 
-import jax  # noqa: E402
-import keras  # noqa: E402
-
-from alexnet_jax import bench  # noqa: E402
-from alexnet_jax.config import load_config  # noqa: E402
-from alexnet_jax.data import spec, synthetic_dataset  # noqa: E402
-from alexnet_jax.errors import UserError, cli  # noqa: E402
-from alexnet_jax.model import AlexNet  # noqa: E402
-from alexnet_jax.summary import summarize  # noqa: E402
+keras = keras_model.keras
 
 DTYPES = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
 DEFAULTS = {
@@ -46,31 +44,12 @@ DEFAULTS = {
 def seed_model(image_size: int, source_shape=(32, 32, 3), num_classes: int = 10):
     """The seed's Keras model, with the resize to `image_size` and the scaling to [0, 1] first."""
     layers = keras.layers
-    conv = dict(padding="same", activation="relu")
     return keras.Sequential(
         [
             keras.Input(source_shape, dtype="uint8"),
             layers.Resizing(image_size, image_size),
             layers.Rescaling(1 / 255),
-            layers.Conv2D(96, 11, strides=4, activation="relu"),
-            layers.BatchNormalization(),
-            layers.MaxPooling2D(3, 2),
-            layers.Conv2D(256, 5, **conv),
-            layers.BatchNormalization(),
-            layers.MaxPooling2D(3, 2),
-            layers.Conv2D(384, 3, **conv),
-            layers.BatchNormalization(),
-            layers.Conv2D(384, 3, **conv),
-            layers.BatchNormalization(),
-            layers.Conv2D(256, 3, **conv),
-            layers.BatchNormalization(),
-            layers.MaxPooling2D(3, 2),
-            layers.Flatten(),
-            layers.Dense(4096, activation="relu"),
-            layers.Dropout(0.5),
-            layers.Dense(4096, activation="relu"),
-            layers.Dropout(0.5),
-            layers.Dense(num_classes),
+            *keras_model.seed_layers(num_classes),
             # Keras' mixed-precision advice: the softmax in float32.
             layers.Activation("softmax", dtype="float32"),
         ]

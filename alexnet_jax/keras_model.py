@@ -1,0 +1,142 @@
+"""The seed's AlexNet as Keras 3 layers (on the JAX backend), and its weights as Flax variables.
+
+The layers come from `model.LAYERS`, the table the Flax module is built from, and carry the seed's
+layer names (conv2d, batch_normalization, ..., dense_2), so one table defines both models. Needs
+the `keras` extra (`pip install -e '.[keras]'`).
+"""
+
+import os
+import sys
+
+if "keras" not in sys.modules:  # the backend is chosen once, when Keras is first imported
+    os.environ["KERAS_BACKEND"] = "jax"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from alexnet_jax.data import DATASETS  # noqa: E402
+from alexnet_jax.model import BN_EPSILON, BN_MOMENTUM, LAYERS  # noqa: E402
+
+# Each weighted layer's Keras weights, in Keras' order, as (Flax collection, Flax name).
+KERAS_WEIGHTS = {
+    "conv": (("params", "kernel"), ("params", "bias")),
+    "dense": (("params", "kernel"), ("params", "bias")),
+    "logits": (("params", "kernel"), ("params", "bias")),
+    # gamma, beta, moving mean, moving variance
+    "norm": (
+        ("params", "scale"),
+        ("params", "bias"),
+        ("batch_stats", "mean"),
+        ("batch_stats", "var"),
+    ),
+}
+
+
+def seed_layers(
+    num_classes: int = 10, dropout_rate: float = 0.5, initializer: str = "glorot_uniform"
+) -> list:
+    """The seed's 19 layers, from conv2d to dense_2, named as in its table.
+
+    As in the seed, ReLU sits inside each convolution and hidden dense layer; dense_2 gives
+    logits (the seed's softmax, if any, is left to the caller). `initializer` of the kernels:
+    Keras' default, or "zeros" for layers that receive weights at once (drawing 46 million random
+    numbers costs a JAX compilation per shape, seconds on a CPU).
+    """
+    layers = keras.layers
+    init = dict(kernel_initializer=initializer)
+    made = []
+    for name, kind, args in LAYERS:
+        if kind == "conv":
+            made.append(
+                layers.Conv2D(
+                    args["features"],
+                    args["kernel"],
+                    strides=args.get("strides", 1),
+                    padding=args.get("padding", "SAME").lower(),
+                    activation="relu",
+                    name=name,
+                    **init,
+                )
+            )
+        elif kind == "norm":
+            made.append(
+                layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+            )
+        elif kind == "pool":
+            made.append(layers.MaxPooling2D(3, 2, name=name))
+        elif kind == "flatten":
+            made.append(layers.Flatten(name=name))
+        elif kind == "dense":
+            made.append(layers.Dense(args["features"], activation="relu", name=name, **init))
+        elif kind == "dropout":
+            made.append(layers.Dropout(dropout_rate, name=name))
+        elif kind == "logits":
+            made.append(layers.Dense(num_classes, name=name, **init))
+        else:
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return made
+
+
+def seed_model(
+    image_size: int, channels: int, num_classes: int = 10, initializer: str = "glorot_uniform"
+) -> keras.Sequential:
+    """The seed's model as its table shows it: float input [image_size, image_size, channels]."""
+    layers = seed_layers(num_classes, initializer=initializer)
+    return keras.Sequential(
+        [keras.Input((image_size, image_size, channels)), *layers],
+        name="alexnet",
+    )
+
+
+def keras_weights(variables: dict) -> dict[str, list[np.ndarray]]:
+    """Flax variables ({"params", "batch_stats"}) -> {layer name: its Keras weights, in order}."""
+    weights = {}
+    for name, kind, _ in LAYERS:
+        if kind in KERAS_WEIGHTS:
+            weights[name] = [
+                np.asarray(variables[collection][name][leaf])
+                for collection, leaf in KERAS_WEIGHTS[kind]
+            ]
+    return weights
+
+
+def flax_variables(weights: dict[str, list[np.ndarray]]) -> dict:
+    """The inverse of `keras_weights`."""
+    variables = {"params": {}, "batch_stats": {}}
+    for name, kind, _ in LAYERS:
+        if kind in KERAS_WEIGHTS:
+            for (collection, leaf), value in zip(KERAS_WEIGHTS[kind], weights[name], strict=True):
+                variables[collection].setdefault(name, {})[leaf] = np.asarray(value)
+    return variables
+
+
+def set_weights(model: keras.Model, variables: dict) -> None:
+    """Copy Flax variables into the layers of `model` that carry the seed's names."""
+    for name, values in keras_weights(variables).items():
+        model.get_layer(name).set_weights(values)
+
+
+def inference_model(
+    dataset: str, image_size: int, variables: dict, dropout_rate: float = 0.5
+) -> keras.Sequential:
+    """uint8 images of the dataset's shape -> logits, as alexnet_jax evaluates them.
+
+    Rescaling(1/255), Resizing (bilinear) to `image_size` and Normalization by the dataset's
+    per-channel mean and std come first, in alexnet_jax's order, then the seed's layers with
+    `variables` (Flax). Rescaling goes first because Keras' Resizing rounds integer images.
+    """
+    data = DATASETS[dataset]
+    layers = keras.layers
+    front = [keras.Input(data.image_shape, dtype="uint8", name="images")]
+    front.append(layers.Rescaling(1 / 255, name="rescaling"))
+    if data.image_shape[:2] != (image_size, image_size):
+        front.append(layers.Resizing(image_size, image_size, "bilinear", name="resizing"))
+    front += [
+        layers.Normalization(
+            mean=list(data.mean), variance=list(np.square(data.std)), name="normalization"
+        ),
+    ]
+    stack = seed_layers(len(data.class_names), dropout_rate, initializer="zeros")
+    model = keras.Sequential(front + stack, name=f"alexnet_{dataset}")
+    set_weights(model, variables)
+    return model
