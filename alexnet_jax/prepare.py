@@ -25,16 +25,16 @@ from urllib.parse import urlsplit
 
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader
+from tensorflow_datasets.core import constants
 
 from alexnet_jax.errors import UserError
 
 PROJECT = "alexnet-jax"
 # What TFDS's preparation of these datasets imports beyond reading (the `prepare` extra).
 PREPARE_MODULES = ("tensorflow", "importlib_resources")
-# Measured on 2026-11-26 (tensorflow-cpu 2.21.0 and its new dependencies into this project's venv).
-EXTRA_SIZE = "about 300 MB to download, 1.4 GB installed"
-# The prefix of TFDS's temporary folders (tfds.core.constants.INCOMPLETE_PREFIX).
-INCOMPLETE_PREFIX = "incomplete."
+# Measured on 2026-11-26: tensorflow-cpu 2.21.0 and the packages it added to this project's venv.
+EXTRA_SIZE = "about 310 MB to download, 1.4 GB installed"
+INCOMPLETE_PREFIX = constants.INCOMPLETE_PREFIX  # TFDS's temporary folders: incomplete.XXXXXX_<v>
 OFFLINE_HINT = (
     "or, offline, pass --data-dir (make: DATA_DIR=) to a prepared copy, or copy one in with "
     "--from (make: COPY_DATA_FROM=)"
