@@ -7,9 +7,15 @@ WORKDIR ?= runs
 DATA_DIR ?=
 CKPT ?=
 ARGS ?=
+COPY_DATA_FROM ?=
 
 comma := ,
 DATA_DIR_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+# Before training, a dataset the data dir lacks is downloaded and prepared (TFDS), installing
+# TensorFlow (the `prepare` extra) into the venv first if need be; quiet when it is prepared.
+# COPY_DATA_FROM=dir copies it from a prepared data dir instead (an offline machine).
+PREPARE = $(BIN)/python -m alexnet_jax.prepare --install $(DATA_DIR_FLAG) \
+	$(if $(COPY_DATA_FROM),--from $(COPY_DATA_FROM))
 # One stamp per set of extras, so that asking for other extras installs them.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -28,8 +34,8 @@ help:
 	@echo "make bench                         train/eval images/s per configuration (ARGS='--out f.json')"
 	@echo "make bench-peers                   our step against Keras 3 model.fit, same process and device"
 	@echo "make bench-tta                     seconds to 90% on CIFAR-10 and 99.5% on MNIST"
-	@echo "make prepare-data                  download and prepare MNIST and CIFAR-10 (needs TensorFlow)"
-	@echo "options: DATA_DIR=dir WORKDIR=dir ARGS='--config.num_epochs=3' EXTRAS=dev,cuda"
+	@echo "make prepare-data                  download and prepare MNIST and CIFAR-10 (the train targets do it too)"
+	@echo "options: DATA_DIR=dir WORKDIR=dir ARGS='--config.num_epochs=3' EXTRAS=dev,cuda COPY_DATA_FROM=dir"
 
 install: $(STAMP)
 
@@ -40,19 +46,24 @@ $(STAMP): pyproject.toml
 	touch $@
 
 train-mnist: install
+	$(PREPARE) mnist
 	$(BIN)/python -m alexnet_jax.train --config experiments/mnist.py --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
 
 train-cifar10: install
+	$(PREPARE) cifar10
 	$(BIN)/python -m alexnet_jax.train --config experiments/cifar10.py --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
 
 quick: install
+	$(PREPARE) mnist
 	$(BIN)/python -m alexnet_jax.train --config experiments/quick.py --workdir $(WORKDIR)/quick $(DATA_DIR_FLAG) $(ARGS)
 
 SEEDS ?= 0 1 2
 accuracy-cifar10: install
+	$(PREPARE) cifar10
 	$(BIN)/python -m alexnet_jax.seeds --config experiments/cifar10.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/cifar10-seeds $(DATA_DIR_FLAG) $(ARGS)
 
 accuracy-mnist: install
+	$(PREPARE) mnist
 	$(BIN)/python -m alexnet_jax.seeds --config experiments/mnist.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/mnist-seeds $(DATA_DIR_FLAG) $(ARGS)
 
 eval: install
@@ -95,9 +106,8 @@ bench-tta: install
 	    $(DATA_DIR_FLAG) $(ARGS) || status=1; \
 	done; exit $$status
 
-prepare-data:
-	$(MAKE) install EXTRAS=dev,prepare
-	$(BIN)/python -m alexnet_jax.data mnist cifar10 $(DATA_DIR_FLAG)
+prepare-data: install
+	$(PREPARE) mnist cifar10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,6 +1,5 @@
 """MNIST and CIFAR-10 from tensorflow-datasets, loaded once as uint8 arrays."""
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
+from alexnet_jax import prepare
 from alexnet_jax.distributed import is_primary
 from alexnet_jax.errors import UserError, first_line
 
@@ -86,7 +86,8 @@ def default_data_dir() -> str:
 def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
     """Read the whole train and test splits of `name`, preparing them if absent.
 
-    Reading needs no TensorFlow (ArrayRecord via `tfds.data_source`); preparing does.
+    Reading needs no TensorFlow (ArrayRecord via `tfds.data_source`); preparing does (see
+    `alexnet_jax.prepare`).
     """
     data_dir = _resolve(data_dir)
     builder = _prepared_builder(name, data_dir, download)
@@ -133,7 +134,7 @@ def training_plan(num_train: int, config, process_count: int = 1):
 def load_training_data(config, process_index: int = 0, process_count: int = 1) -> TrainingData:
     """Read only this process's training shard, and the evaluation split, from TFDS."""
     data_dir = _resolve(config.data_dir)
-    builder = _prepared_builder(config.dataset, data_dir, config.download)
+    builder = _prepared_builder(config.dataset, data_dir, config.download, process_count)
     shards, held_out = training_plan(
         builder.info.splits["train"].num_examples, config, process_count
     )
@@ -171,33 +172,10 @@ def _resolve(data_dir: str | None) -> str:
     return str(Path(data_dir or default_data_dir()).expanduser())
 
 
-def _prepared_builder(name: str, data_dir: str, download: bool):
-    versioned = f"{name}:{spec(name).version}"
-    try:
-        builder = tfds.builder(versioned, data_dir=data_dir, file_format="array_record")
-    except Exception as e:  # TFDS raises many kinds here (bad JSON, unreadable dir, ...)
-        raise UserError(
-            f"cannot open {versioned} in {data_dir}: {first_line(e)}; "
-            "delete that dataset folder and prepare it again, or pass --data-dir to a good copy"
-        ) from e
-    if builder.is_prepared():
-        return builder
-    where = f"{versioned} is not prepared in {data_dir}"
-    if not download:
-        raise UserError(f"{where}: pass --data-dir to a prepared copy (or allow the download)")
-    if importlib.util.find_spec("tensorflow") is None:
-        raise UserError(
-            f"{where} and preparing it needs TensorFlow: run `make prepare-data` "
-            "(installs the `prepare` extra), or pass --data-dir to a prepared copy"
-        )
-    try:
-        builder.download_and_prepare()
-    except Exception as e:
-        raise UserError(
-            f"{where} and downloading it failed ({first_line(e)}); on an offline machine "
-            "pass --data-dir to a prepared copy"
-        ) from e
-    return builder
+def _prepared_builder(name: str, data_dir: str, download: bool, processes: int = 1):
+    return prepare.ensure_prepared(
+        name, spec(name).version, data_dir, download=download, processes=processes
+    )
 
 
 def _read_split(builder, split: str, data_dir: str, start: int = 0, stop: int | None = None):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from alexnet_jax import data
+from alexnet_jax import data, prepare
 from alexnet_jax.data import load_dataset
 from alexnet_jax.errors import UserError
 
@@ -54,8 +54,8 @@ def test_missing_data_offline_names_the_fix(tmp_path):
 
 
 def test_missing_data_without_tensorflow_says_how_to_prepare(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="needs TensorFlow: run `make prepare-data`"):
+    monkeypatch.setattr(prepare, "tensorflow_installed", lambda: False)
+    with pytest.raises(UserError, match=r"needs TensorFlow .*`python -m alexnet_jax.prepare mnist"):
         load_dataset("mnist", str(tmp_path), download=True)
 
 
@@ -71,7 +71,8 @@ def test_truncated_record_file(mnist_copy):
     record = next((mnist_copy / "mnist" / "3.0.1").glob("mnist-test.array_record*"))
     with open(record, "r+b") as f:
         f.truncate(record.stat().st_size // 2)
-    with pytest.raises(UserError, match="mnist-test.array_record.* is corrupted or truncated"):
+    # Found before reading: the file's footer is gone.
+    with pytest.raises(UserError, match=r"is incomplete \(mnist-test.array_record.*delete "):
         load_dataset("mnist", str(mnist_copy), download=False)
 
 
