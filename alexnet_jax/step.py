@@ -49,7 +49,7 @@ def train_step(
     local slice, `state` and `rng` (the step's key, `keys.step_key`) are the same on every
     device. BatchNorm averages its batch statistics over DATA_AXIS too, so the step equals one
     on the whole batch on one device. Returns the new state and metrics summed over the global
-    batch.
+    batch, with the global norms of the averaged gradients and of the new parameters.
     """
     local = batch["label"].shape[0]
     device = jax.lax.axis_index(DATA_AXIS)
@@ -96,7 +96,9 @@ def train_step(
         },
         DATA_AXIS,
     )
-    return state, {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    # For the step log (metric_log.py): outputs only, read from what the step computed anyway.
+    norms = {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(state.params)}
+    return state, {**metrics, **norms, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
 
 
 def all_finite(tree) -> jax.Array:
