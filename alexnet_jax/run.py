@@ -107,14 +107,14 @@ def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None, dev
     )
 
 
-def run_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests):
+def run_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests, on_log=None):
     """Train epoch `epoch` (0-based), then evaluate: (state, the epoch's row, the evaluation).
 
     The row and the evaluation are None when a stop was requested: the epoch is then incomplete
-    and not evaluated.
+    and not evaluated. `on_log` receives the step metrics (see `drive`).
     """
     start = time.perf_counter()
-    state, totals = train_epoch(run, state, epoch, stop)
+    state, totals = train_epoch(run, state, epoch, stop, on_log)
     if stop.stopped:
         return state, None, None
     jax.block_until_ready(state)
@@ -137,7 +137,7 @@ def run_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests):
     return state, row, result
 
 
-def train_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests):
+def train_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests, on_log=None):
     """Train one epoch; returns the state and the summed metrics of its finite steps.
 
     Stops early (without error) when a stop was requested; raises NonFiniteLoss at the first
@@ -145,17 +145,18 @@ def train_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests):
     """
     config = run.config
     orders = run.partitions.epoch_orders(state.rng, epoch)
-    return drive(
-        state, run.calls.epoch(orders), run.steps_per_epoch, run.calls.dispatch, epoch, config, stop
-    )
+    calls = run.calls.epoch(orders)
+    return drive(state, calls, run.steps_per_epoch, run.calls.dispatch, epoch, config, stop, on_log)
 
 
-def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequests):
+def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequests, on_log=None):
     """Run an epoch's `calls` by `dispatch(state, call) -> (state, metrics)`, with the progress
     bar; returns the state and the summed metrics of the finite steps.
 
     A call runs one step or several; its metrics are stacked, a row per step. They are fetched
-    every `config.log_every` steps, which is when the progress bar moves.
+    every `config.log_every` steps, which is when the progress bar moves and `on_log(steps,
+    seconds)` gets the finite steps fetched, as (1-based global step, metrics) pairs, and the
+    seconds since the previous fetch.
     """
     totals = {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0}
     first_step = int(state.step)
@@ -175,7 +176,7 @@ def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequ
         nonlocal pending, pending_steps, interval_start
         # Fetching the metrics waits for the device; doing it every few steps keeps the
         # device busy in between.
-        images = 0
+        images, logged = 0, []
         for offset, metrics in enumerate(per_step(jax.device_get(pending))):
             step = first_step + bar.n + offset + 1
             if metrics["nonfinite"]:
@@ -192,6 +193,7 @@ def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequ
             for key in ("loss_sum", "correct", "count"):
                 totals[key] += metrics[key]
             images += int(metrics["count"])
+            logged.append((step, metrics))
         bar.update(pending_steps)
         pending, pending_steps = [], 0
         now = time.perf_counter()
@@ -201,6 +203,8 @@ def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequ
                 acc=f"{totals['correct'] / totals['count']:.4f}",
                 img_s=f"{images / (now - interval_start):.0f}",
             )
+            if on_log is not None:
+                on_log(logged, now - interval_start)
         interval_start = now
 
     for call in calls:

@@ -18,14 +18,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import artifacts, rundir
-from alexnet_jax.checkpoint import Checkpoints, Trained, abstract_train_state
+from alexnet_jax import artifacts, environment, rundir
+from alexnet_jax.checkpoint import Checkpoints, Trained, abstract_train_state, chosen_by
 from alexnet_jax.cli import add_process_arguments, command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset
 from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import cli
 from alexnet_jax.interrupt import StopRequests, stopped
+from alexnet_jax.metric_log import MetricLog
 from alexnet_jax.parallel import replicated
 from alexnet_jax.run import build, run_epoch, say
 
@@ -57,6 +58,7 @@ def train_and_evaluate(
         log(f"resuming {run_dir} after epoch {latest}")
     if is_primary():
         artifacts.write_config(run_dir, config)
+        environment.record(run_dir, len(history))
     log(
         f"training {config.dataset} ({run.partitions.images_per_epoch} images per epoch, "
         f"{run.data.eval_name} {len(run.data.evaluation)}) on {run.mesh.devices.size} "
@@ -66,15 +68,18 @@ def train_and_evaluate(
     )
 
     result = None
-    with StopRequests() as stop:
+    metric_log = MetricLog(run_dir, config, run.steps_per_epoch, int(state.step))
+    with StopRequests() as stop, metric_log:
         try:
             for epoch in range(len(history), config.num_epochs):
                 start = time.perf_counter()
-                state, row, result = run_epoch(run, state, epoch, stop)
+                state, row, result = run_epoch(run, state, epoch, stop, metric_log.log_steps)
                 if row is None:
                     raise stopped(stop, epoch, then=kept_checkpoint(checkpoints))
                 row["epoch_seconds"] = time.perf_counter() - start
                 history.append(row)
+                # Before the checkpoint: a run that has one has its events on disk.
+                metric_log.log_epoch(row, result, run.data.class_names)
                 checkpoints.save(epoch + 1, state, config, history)
                 if is_primary():
                     artifacts.write_history(run_dir, history)
@@ -86,6 +91,8 @@ def train_and_evaluate(
                     f"({row['train_images_per_second']:.0f} img/s), "
                     f"{row['eval_seconds']:.1f} s evaluation"
                 )
+            checkpoints.wait()
+            best = checkpoints.best_epoch()
         finally:
             # Whatever ends the loop, the save in flight completes (or fails loudly) first.
             checkpoints.wait()
@@ -100,6 +107,8 @@ def train_and_evaluate(
             run_dir, np.asarray(run.data.evaluation.images), result, run.data.class_names
         )
     log(f"{run.data.eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
+    if best is not None:
+        log(f"best checkpoint: epoch {best}, {chosen_by(history[best - 1])}")
     epoch = len(history)
     return Trained(config, state, epoch, checkpoints.directory / str(epoch), history, run.derived)
 

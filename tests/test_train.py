@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alexnet_jax import artifacts, rundir, train
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.errors import UserError
 from alexnet_jax.interrupt import StopRequests
+from alexnet_jax.metric_log import EVENTS, read_steps
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import NonFiniteLoss, build, drive, train_epoch
 from alexnet_jax.step import TrainCalls
@@ -71,7 +73,7 @@ def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(
-    tiny_dataset, cpu_devices, tmp_path, monkeypatch
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys
 ):
     # With every part of the state a recipe can carry (the moving average too) and all the
     # randomness (dropout, crops, cutout); test_kill.py does the same for the default recipe
@@ -90,6 +92,24 @@ def test_interrupted_run_resumes_to_the_same_parameters(
         np.testing.assert_array_equal(a, b)
     straight_history = artifacts.read_history(tmp_path / "straight" / "mnist")
     assert straight_history[-1]["test_loss"] == history[-1]["test_loss"]
+    # The step log goes on where it stopped: the same steps and losses as the straight run's,
+    # in TensorBoard's reading too.
+    straight_steps, resumed_steps = (
+        [(row["step"], row["loss"]) for row in read_steps(tmp_path / run / "mnist")]
+        for run in ("straight", "resumed")
+    )
+    assert resumed_steps == straight_steps and len(straight_steps) == 6
+    straight_events, resumed_events = (
+        [(e.step, e.value) for e in losses_in_tensorboard(tmp_path / run / "mnist")]
+        for run in ("straight", "resumed")
+    )
+    assert resumed_events == straight_events
+    assert [step for step, _ in straight_events] == [2, 4, 6, 8, 10, 12]
+    assert '"best" is chosen on the test split' in capsys.readouterr().out
+
+
+def losses_in_tensorboard(run_dir):
+    return EventAccumulator(str(run_dir / EVENTS)).Reload().Scalars("train/loss")
 
 
 def load_final_state(config, workdir):
