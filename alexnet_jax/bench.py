@@ -12,14 +12,11 @@ from whole epochs after a warm-up epoch, each ended by waiting for the devices. 
 and writes the figures with the device, versions and date as JSON.
 
 A configuration is named `<stem>-<dtype>-k<steps per dispatch>`: stem `conv11` or `s2d` (the
-space-to-depth first convolution), dtype `f32`, `bf16` or `f16`, e.g. `s2d-bf16-k8`.
+space-to-depth first convolution), dtype `f32` or `bf16`, e.g. `s2d-bf16-k8`.
 """
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import re
 import statistics
 import sys
@@ -32,12 +29,13 @@ import ml_collections
 from alexnet_jax.cli import command_parser, overrides_from
 from alexnet_jax.config import apply_overrides, load_config
 from alexnet_jax.data import synthetic_dataset
+from alexnet_jax.environment import environment
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests
 from alexnet_jax.run import build, train_epoch
 
 STEM_NAMES = {"conv11": "conv11", "s2d": "space_to_depth"}
-DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
 
 # Small enough for CI on a CPU (seconds); the accelerator defaults are the experiment's sizes.
 DEFAULTS = {
@@ -75,30 +73,6 @@ def configuration(name: str) -> dict:
         compute_dtype=DTYPE_NAMES[match[2]],
         steps_per_dispatch=int(match[3]),
     )
-
-
-def environment() -> dict:
-    """What a figure depends on besides the code: device, versions, date."""
-    devices = jax.devices()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "host_cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "command": command_line(),
-    }
-
-
-def command_line() -> str:
-    """This process's command, as typed: `python -m alexnet_jax.bench ...` or `python f.py ...`."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    program = ["-m", spec.name] if spec is not None else [os.path.relpath(sys.argv[0])]
-    return " ".join(["python", *program, *sys.argv[1:]])
 
 
 def program_bytes(compiled) -> int | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax import artifacts, checkpoint, plots
+from alexnet_jax import artifacts, checkpoint, environment, plots
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, EvalResult, evaluate, make_evaluator
@@ -83,7 +83,8 @@ def write_report(
         result=result,
         images=np.asarray(dataset.test.images),
         class_names=dataset.class_names,
-        source=f"epoch {trained.epoch} ({trained.path})",
+        source=checkpoint.describe(trained, best),
+        env=environment.read(run_dir),
     )
     path = out or run_dir / REPORT
     path.write_text(page, encoding="utf-8")
@@ -98,8 +99,10 @@ def render_html(
     images: np.ndarray,
     class_names,
     source: str,
+    env: dict | None = None,
 ) -> str:
-    """The page: metrics, figures as data URIs and the config, as one HTML string."""
+    """The page: metrics, figures as data URIs, the config and the environment (of
+    environment.json) the run was trained in, as one HTML string."""
     name = title.split(":")[0]
     wrong = np.flatnonzero(result.predictions != result.labels)
     shown = slice(0, EXAMPLES_SHOWN)
@@ -162,6 +165,10 @@ def render_html(
         _img(figures["misclassified"], "misclassified examples") or "<p>None.</p>",
         "<h2>Config</h2>",
         _table("config", [(k, json.dumps(v)) for k, v in sorted(config.items())]),
+        "<h2>Environment</h2>",
+        _table("environment", _environment_rows(env))
+        if env
+        else "<p>Not recorded (no environment.json in the run directory).</p>",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -184,6 +191,31 @@ def _metrics_table(history: list[dict]) -> str:
         ("training images/s (last)", f"{last.get('train_images_per_second', float('nan')):.0f}"),
     ]
     return _table("metrics", rows)
+
+
+def _environment_rows(env: dict) -> list[tuple[str, str]]:
+    """The latest start's environment; a run resumed elsewhere says how many starts it had."""
+    commit = env.get("git_commit") or "none (not run from a git checkout)"
+    if env.get("git_dirty"):
+        commit += " with uncommitted changes"
+    rows = [
+        ("recorded", env.get("date")),
+        ("alexnet_jax", env.get("alexnet_jax")),
+        ("git commit", commit),
+        ("python", env.get("python")),
+        *((name, version or "not installed") for name, version in env.get("packages", {}).items()),
+        ("devices", f"{env.get('device_count')} x {env.get('device_kind')} ({env.get('backend')})"),
+        ("processes", env.get("process_count")),
+        ("host", f"{env.get('processor')}, {env.get('host_cpus')} CPUs, {env.get('platform')}"),
+        ("XLA_FLAGS", env.get("xla_flags") or "none"),
+        ("command", env.get("command")),
+    ]
+    earlier = env.get("earlier") or []
+    if earlier:
+        rows.append(
+            ("starts", f"{len(earlier) + 1}; this one after epoch {env.get('started_after_epoch')}")
+        )
+    return rows
 
 
 def _table(table_id: str, rows, header=None) -> str:
@@ -218,7 +250,12 @@ def main(argv=None):
         "--workdir", required=True, help="a run dir (<workdir>/<dataset>) or a workdir of runs"
     )
     parser.add_argument("--data-dir", help="TFDS data dir (default: the one each run used)")
-    parser.add_argument("--best", action="store_true", help="the best epoch instead of the latest")
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="the epoch of the best validation accuracy (test accuracy when the run held out "
+        "no validation split) instead of the latest",
+    )
     args = parser.parse_args(argv)
     for run_dir in find_runs(args.workdir):
         path = write_report(run_dir, data_dir=args.data_dir, best=args.best)

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,7 +68,7 @@ def mnist_report(tiny_run, shared_tfds, tmp_path_factory):
 def test_report_of_a_run_on_the_real_test_split(mnist_report):
     text = mnist_report.read_text()
     page = Page(text)
-    assert page.tables == ["metrics", "evaluation", "per-class", "config"]
+    assert page.tables == ["metrics", "evaluation", "per-class", "config", "environment"]
     assert page.external == []  # self-contained: no script, stylesheet link or URL
     alts = [image["alt"] for image in page.images]
     assert alts == [
@@ -83,6 +84,9 @@ def test_report_of_a_run_on_the_real_test_split(mnist_report):
     assert int(cell(text, "misclassified")) == pytest.approx(10000 * (1 - accuracy), abs=1)
     assert cell(text, "epochs") == "1"
     assert cell(text, "image_size") == "67" and cell(text, "data_dir") == "null"
+    # The environment the run was trained in, from its environment.json.
+    assert cell(text, "jax") == jax.__version__ and cell(text, "processes") == "1"
+    assert cell(text, "devices").endswith("(cpu)")
 
 
 def test_report_evaluates_what_training_evaluated(tiny_run, cpu_devices, tmp_path):
@@ -114,6 +118,7 @@ def test_misclassified_examples_are_the_wrong_predictions():
     no_mistakes = EvalResult(0.1, 1.0, labels, labels, 10)
     text = report.render_html("m: x", {}, [], no_mistakes, images, list("0123456789"), "e")
     assert "<p>None.</p>" in text and len(Page(text).images) == 2
+    assert "Not recorded (no environment.json" in text  # no environment given
 
 
 def test_runs_are_found_below_a_workdir(tmp_path):
@@ -155,7 +160,7 @@ def run_chromium(tmp_path, *args) -> subprocess.CompletedProcess:
 def test_report_renders_in_a_headless_browser(mnist_report, tmp_path):
     url = mnist_report.resolve().as_uri()
     dom = Page(run_chromium(tmp_path, "--dump-dom", url).stdout)
-    assert dom.tables == ["metrics", "evaluation", "per-class", "config"]
+    assert dom.tables == ["metrics", "evaluation", "per-class", "config", "environment"]
     assert len(decoded_pngs(dom)) == 4
 
     shot = tmp_path / "page.png"
