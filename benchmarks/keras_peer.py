@@ -32,7 +32,7 @@ from alexnet_jax.summary import summarize
 
 keras = keras_model.keras
 
-DTYPES = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
+DTYPES = {"float32": "f32", "mixed_bfloat16": "bf16"}
 DEFAULTS = {
     "cpu": dict(image_size=67, batch_size=16, steps=2, epochs=1, policies="float32"),
     "accelerator": dict(

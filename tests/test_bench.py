@@ -65,7 +65,9 @@ def test_configuration_names(name, expected):
     assert bench.configuration(name) == expected
 
 
-@pytest.mark.parametrize("name", ["s2d-bf16", "conv7-f32-k1", "s2d-f64-k1", "s2d-f32-k0"])
+@pytest.mark.parametrize(
+    "name", ["s2d-bf16", "conv7-f32-k1", "s2d-f64-k1", "s2d-f32-k0", "s2d-f16-k1"]
+)
 def test_bad_configuration_names_say_the_form(name):
     with pytest.raises(UserError, match="is not <stem>-<dtype>-k<steps>"):
         bench.configuration(name)

@@ -63,6 +63,7 @@ def test_bad_overrides_say_what_is_wrong(override, message):
         ("learning_rate", float("nan"), "learning_rate=nan must be a finite number"),
         ("cutout", 32, "cutout=32 would hide the whole cifar10 image"),
         ("weight_decay", float("inf"), "weight_decay=inf must be a finite number"),
+        ("compute_dtype", "float16", "float16' is not offered: .* without loss scaling"),
     ],
 )
 def test_validation_rejects_out_of_range_values(field, value, message):
