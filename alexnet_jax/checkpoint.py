@@ -32,6 +32,8 @@ from alexnet_jax.state import TrainState, create_train_state
 
 CHECKPOINTS = "checkpoints"
 QUARANTINE = "checkpoints-unreadable"
+# The accuracy of the split evaluated during training (row["eval_split"]): the validation split
+# when the config holds one out, else the test split.
 BEST_METRIC = "test_accuracy"
 FINGERPRINT_VERSION = 1
 
@@ -88,8 +90,9 @@ class Checkpoints:
     """The checkpoints of one run: each holds the state, the config and the metrics history.
 
     The step of a checkpoint is the number of epochs completed (0, with an empty history, for a
-    model imported from Keras: `keras_io`). The last `keep` epochs are kept,
-    and the best by test accuracy besides. Saving is asynchronous.
+    model imported from Keras: `keras_io`). The last `keep` epochs are kept, and the best by
+    evaluation accuracy besides (validation split when held out, else test). Saving is
+    asynchronous.
     """
 
     def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
@@ -326,7 +329,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="a run dir (<workdir>/<dataset>), its checkpoints/ or an epoch",
     )
-    parser.add_argument("--best", action="store_true", help="the best epoch instead of the latest")
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="the epoch of the best validation accuracy (test accuracy when the run held out "
+        "no validation split) instead of the latest",
+    )
 
 
 @dataclass(frozen=True)
@@ -339,6 +347,26 @@ class Trained:
     path: Path  # the epoch's checkpoint folder
     history: list[dict]  # the metrics rows up to that epoch
     derived: Derived  # what the config implies (dataset spec, dtype, classes)
+
+
+def chosen_by(row: dict) -> str:
+    """How the best epoch, whose metrics row this is, was chosen: by which split's accuracy."""
+    split = row.get("eval_split", "test")
+    text = f"the best by {split} accuracy ({row[BEST_METRIC]:.2%})"
+    if split == "test":
+        text += (
+            '; no validation split was held out, so "best" is chosen on the test split '
+            "(--config.validation_examples=N holds one out)"
+        )
+    return text
+
+
+def describe(trained: Trained, best: bool = False) -> str:
+    """Which checkpoint a command uses: `epoch N of DIR`, and for --best how it was chosen."""
+    where = f"epoch {trained.epoch} of {trained.path.parent}"
+    if best and trained.history:
+        return f"{where}, {chosen_by(trained.history[-1])}"
+    return where
 
 
 def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None) -> Trained:

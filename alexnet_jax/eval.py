@@ -40,7 +40,7 @@ def main(argv=None):
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
 
-    print(f"{config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+    print(f"{config.dataset}, {checkpoint.describe(trained, args.best)}")
     print(format_result(result, dataset.class_names))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -189,7 +189,7 @@ def main(argv=None):
     differences = check_export(trained, out, args.onnx)
 
     shape = "x".join(map(str, manifest["input"]["shape"][1:]))
-    print(f"exported {trained.config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+    print(f"exported {trained.config.dataset}, {checkpoint.describe(trained, args.best)}")
     print(f"  {out / exported.FUNCTION}: uint8 [batch, {shape}] -> logits, for {args.platforms}")
     print(f"  {out / exported.WEIGHTS}, {out / exported.MANIFEST}")
     if args.onnx:

@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     predictions = predict_files(trained, args.images, args.top_k, args.batch_size)
 
     if args.json != "-":
-        print(f"{trained.config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+        print(f"{trained.config.dataset}, {checkpoint.describe(trained, args.best)}")
         print(format_predictions(predictions, class_names))
     if args.json:
         payload = predictions_json(
