@@ -20,7 +20,7 @@ PREPARE = $(BIN)/python -m alexnet_jax.prepare --install $(DATA_DIR_FLAG) \
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: help install train-mnist train-cifar10 quick accuracy-cifar10 accuracy-mnist eval predict report summary test lint format \
-	prepare-data bench bench-peers bench-tta clean
+	prepare-data bench bench-peers bench-tta tensorboard clean
 
 help:
 	@echo "make train-mnist | train-cifar10   train the seed model (224x224) in $(WORKDIR)/<dataset>/"
@@ -29,13 +29,14 @@ help:
 	@echo "make accuracy-cifar10 | accuracy-mnist   3 seeds, test accuracy mean/std into experiments/results"
 	@echo "make predict CKPT=runs/mnist ARGS='digit.png'   classify image files"
 	@echo "make report                        an HTML report per run in $(WORKDIR)"
+	@echo "make tensorboard                   TensorBoard on the runs in $(WORKDIR) (ARGS='--port 6007')"
 	@echo "make summary                       the Keras-style layer tables"
 	@echo "make test | lint                   tests | ruff"
 	@echo "make bench                         train/eval images/s per configuration (ARGS='--out f.json')"
 	@echo "make bench-peers                   our step against Keras 3 model.fit, same process and device"
 	@echo "make bench-tta                     seconds to 90% on CIFAR-10 and 99.5% on MNIST"
 	@echo "make prepare-data                  download and prepare MNIST and CIFAR-10 (the train targets do it too)"
-	@echo "options: DATA_DIR=dir WORKDIR=dir ARGS='--config.num_epochs=3' EXTRAS=dev,cuda COPY_DATA_FROM=dir"
+	@echo "options: DATA_DIR=dir WORKDIR=dir ARGS='--config.num_epochs=3' EXTRAS=dev,cuda (or dev,cuda12) COPY_DATA_FROM=dir"
 
 install: $(STAMP)
 
@@ -76,6 +77,10 @@ predict: install
 
 report: install
 	$(BIN)/python -m alexnet_jax.report --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
+
+# The tensorboard extra (in dev) brings the viewer; each run dir holds its event files.
+tensorboard: install
+	$(BIN)/tensorboard --logdir $(WORKDIR) $(ARGS)
 
 summary: install
 	$(BIN)/python -m alexnet_jax.summary --dataset cifar10

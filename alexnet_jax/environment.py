@@ -45,11 +45,21 @@ def environment() -> dict:
         "device_count": len(devices),
         "process_count": jax.process_count(),
         "host_cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model() or platform.processor() or platform.machine(),
         "platform": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "command": command_line(),
     }
+
+
+def cpu_model() -> str | None:
+    """The host CPU's model name, where /proc/cpuinfo tells it (Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else None
 
 
 def package_version(name: str) -> str | None:

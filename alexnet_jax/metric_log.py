@@ -1,5 +1,6 @@
-"""What a run records while it trains: step metrics in <run>/steps.jsonl, TensorBoard events in
-<run>/tensorboard/ (`make tensorboard WORKDIR=runs` to watch them).
+"""What a run records while it trains: step metrics in <run>/steps.jsonl, TensorBoard event files
+in <run>/ itself, so that TensorBoard names each run by its folder (`make tensorboard
+WORKDIR=runs` to watch them).
 
 Every `log_every` steps the epoch driver (`run.drive`) hands over the steps it fetched; they
 become one row: training loss and accuracy over those steps, the learning rate of the last one
@@ -28,7 +29,7 @@ from alexnet_jax.distributed import is_primary
 from alexnet_jax.state import learning_rate_schedule
 
 STEPS = "steps.jsonl"
-EVENTS = "tensorboard"
+EVENT_FILES = "events.out.tfevents.*"
 
 
 class MetricLog:
@@ -45,9 +46,7 @@ class MetricLog:
         self._steps_file = self.steps_path.open("a")
         # A fresh run purges from step 0, so that a run killed before its first checkpoint leaves
         # nothing behind; a resumed one from the first step it trains again.
-        self.events = EventFile(
-            Path(run_dir) / EVENTS, purge_from=first_step + 1 if first_step else 0
-        )
+        self.events = EventFile(Path(run_dir), purge_from=first_step + 1 if first_step else 0)
         if first_step == 0:
             self.events.text("config", _markdown_table(config.to_dict()), 0)
             self.events.flush()

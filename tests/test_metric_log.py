@@ -37,7 +37,7 @@ EPOCH_SCALARS = {
 
 
 def events(run_dir) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir / metric_log.EVENTS), size_guidance={"images": 0})
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     return accumulator.Reload()
 
 
@@ -115,7 +115,7 @@ def test_a_resumed_log_drops_what_a_killed_run_wrote_past_its_checkpoint(tmp_pat
     assert losses == [(2, 1.0), (4, 1.0), (6, 2.0), (8, 2.0)]
     rows = metric_log.read_steps(tmp_path)
     assert [(r["step"], r["loss"]) for r in rows] == losses
-    assert len(list((tmp_path / metric_log.EVENTS).iterdir())) == 2
+    assert len(list(tmp_path.glob(metric_log.EVENT_FILES))) == 2
     assert accumulator.Tags()["tensors"] == ["config/text_summary"]  # once, from the fresh start
 
 

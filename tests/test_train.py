@@ -12,7 +12,7 @@ from alexnet_jax import artifacts, rundir, train
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.errors import UserError
 from alexnet_jax.interrupt import StopRequests
-from alexnet_jax.metric_log import EVENTS, read_steps
+from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import NonFiniteLoss, build, drive, train_epoch
 from alexnet_jax.step import TrainCalls
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
 
 
 def losses_in_tensorboard(run_dir):
-    return EventAccumulator(str(run_dir / EVENTS)).Reload().Scalars("train/loss")
+    return EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")
 
 
 def load_final_state(config, workdir):
