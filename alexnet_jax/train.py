@@ -107,7 +107,7 @@ def train_and_evaluate(
             run_dir, np.asarray(run.data.evaluation.images), result, run.data.class_names
         )
     log(f"{run.data.eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
-    if best is not None:
+    if best:  # an epoch with metrics (an imported model's epoch 0 has none)
         log(f"best checkpoint: epoch {best}, {chosen_by(history[best - 1])}")
     epoch = len(history)
     return Trained(config, state, epoch, checkpoints.directory / str(epoch), history, run.derived)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for the GPU machine lent to some sessions (see benchmarks/README.md): the Python 3.12
 # packages this project needs that its image lacks, at the versions tested here, without their
-# dependencies (the image has the rest: jax, flax, optax, orbax, numpy, ...).
+# dependencies (the image has the rest: jax, flax, optax, orbax, numpy, ...). Not OpenCV (60 MB):
+# without it TFDS decodes with Pillow, to the same images.
 #
 #   bash benchmarks/stage-wheels.sh [OUTDIR]        (default .whl; about 15 MB)
 #
@@ -18,7 +19,7 @@ mkdir -p "$out"
   ml-collections==1.1.0 tensorflow-datasets==4.9.10 tensorflow-metadata==1.21.0 \
   array-record==0.8.6 dm-tree==0.1.10 immutabledict==4.3.1 simple-parsing==0.1.9 \
   docstring-parser==0.18.0 googleapis-common-protos==1.76.0 termcolor==3.3.0 toml==0.10.2 \
-  keras==3.15.1 namex==0.1.0 optree==0.20.0
+  keras==3.15.1 namex==0.1.0 optree==0.20.0 tensorboardx==2.6.5
 # promise (a tensorflow-datasets requirement) is published as source only: build its wheel.
 "$python" -m pip wheel --quiet --no-deps -w "$out" promise==2.3
 ls -l "$out" | awk 'NR > 1 {print $5, $NF}'
