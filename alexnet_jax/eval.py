@@ -40,7 +40,7 @@ def main(argv=None):
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
 
-    print(f"{config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+    print(f"{config.dataset}, {trained.label} of {trained.path.parent}")
     print(format_result(result, dataset.class_names))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +50,7 @@ def main(argv=None):
             dataset=config.dataset,
             checkpoint=str(trained.path),
             epoch=trained.epoch,
+            partial=trained.progress,
             eval_flip=bool(config.eval_flip),
         )
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

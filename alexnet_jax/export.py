@@ -82,6 +82,7 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
         "onnx": ONNX if onnx else None,
         "checkpoint": str(trained.path),
         "epoch": trained.epoch,
+        "partial": trained.progress,  # a stopped epoch's progress (checkpoint.Trained)
         "metrics": trained.history[-1] if trained.history else None,
         "jax_version": jax.__version__,
     }
@@ -189,7 +190,7 @@ def main(argv=None):
     differences = check_export(trained, out, args.onnx)
 
     shape = "x".join(map(str, manifest["input"]["shape"][1:]))
-    print(f"exported {trained.config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+    print(f"exported {trained.config.dataset}, {trained.label} of {trained.path.parent}")
     print(f"  {out / exported.FUNCTION}: uint8 [batch, {shape}] -> logits, for {args.platforms}")
     print(f"  {out / exported.WEIGHTS}, {out / exported.MANIFEST}")
     if args.onnx:

@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     predictions = predict_files(trained, args.images, args.top_k, args.batch_size)
 
     if args.json != "-":
-        print(f"{trained.config.dataset}, epoch {trained.epoch} of {trained.path.parent}")
+        print(f"{trained.config.dataset}, {trained.label} of {trained.path.parent}")
         print(format_predictions(predictions, class_names))
     if args.json:
         payload = predictions_json(
@@ -244,6 +244,7 @@ def main(argv=None) -> int:
             dataset=trained.config.dataset,
             checkpoint=str(trained.path),
             epoch=trained.epoch,
+            partial=trained.progress,
         )
         text = json.dumps(payload, indent=2) + "\n"
         if args.json == "-":

@@ -83,7 +83,7 @@ def write_report(
         result=result,
         images=np.asarray(dataset.test.images),
         class_names=dataset.class_names,
-        source=f"epoch {trained.epoch} ({trained.path})",
+        source=f"{trained.label} ({trained.path})",
     )
     path = out or run_dir / REPORT
     path.write_text(page, encoding="utf-8")
