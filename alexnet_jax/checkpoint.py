@@ -9,6 +9,7 @@ from JSON.
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import shutil
@@ -132,6 +133,8 @@ class Checkpoints:
     @staticmethod
     def _open(directory: Path, options) -> ocp.CheckpointManager:
         try:
+            if options.create:  # here, not in Orbax's threads, so that a failure is one line
+                directory.mkdir(parents=True, exist_ok=True)
             return ocp.CheckpointManager(directory, options=options)
         except Exception as e:
             raise CorruptCheckpoint(
@@ -194,8 +197,9 @@ class Checkpoints:
         """Start writing a partial checkpoint: the state within a stopped epoch, the completed
         epochs' `history` and the epoch's `progress`. Returns its folder."""
         step = int(state.step)
-        items = {"config": config.to_dict(), "history": history, "progress": progress}
-        self._save(True, step, state, items)
+        if step not in self.partial_steps():  # (else a resumed run stopped before its next step)
+            items = {"config": config.to_dict(), "history": history, "progress": progress}
+            self._save(True, step, state, items)
         return self.path(step, partial=True)
 
     def _save(self, partial: bool, id: int, state, items: dict, metrics=None) -> None:
@@ -228,7 +232,8 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Block until the save in flight is on disk; a failed write is raised here, naming its
-        checkpoint. Once a complete checkpoint is on disk, the partial ones (older) go."""
+        checkpoint. Then the partial checkpoints older than it go (all of them are, after a
+        complete one: a partial checkpoint ends a run)."""
         if self._writing is None:
             return
         (partial, id), self._writing = self._writing, None
@@ -237,8 +242,8 @@ class Checkpoints:
         except Exception as e:
             self._remove_temporary(partial, id)
             raise self._save_error(partial, id, e) from e
-        if not partial:
-            for step in self.partial_steps():
+        for step in self.partial_steps():
+            if not partial or step < id:
                 self._partials().delete(step)
 
     def _remove_temporary(self, partial: bool, id: int) -> None:
@@ -258,7 +263,7 @@ class Checkpoints:
         else:
             kept, then = "no earlier checkpoint was saved", "re-run the same command to start"
         return UserError(
-            f"saving {what} in {self.directory} failed ({first_line(error)}); {kept}: free "
+            f"saving {what} in {self.directory} failed ({why_save_failed(error)}); {kept}: free "
             f"disk space (or fix the folder) and {then}"
         )
 
@@ -401,6 +406,15 @@ class Restored:
     history: list[dict]
     progress: dict | None
     path: Path
+
+
+def why_save_failed(error: BaseException) -> str:
+    """The cause of a failed write in a few words: TensorStore's messages run to several
+    hundred characters of paths, with the cause at the end."""
+    text = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return "No space left on device"
+    return first_line(error)
 
 
 def json_sha256(value) -> str:

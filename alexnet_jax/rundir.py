@@ -143,8 +143,7 @@ def log_name() -> str:
 @contextlib.contextmanager
 def library_log(path: Path):
     """Send Orbax's log records to `path` (created when the first one comes) while active."""
-    handler = logging.FileHandler(path, delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+    handler = LibraryLog(path)
     orbax = f"{os.sep}orbax{os.sep}"
 
     def divert(record: logging.LogRecord) -> bool:
@@ -160,6 +159,30 @@ def library_log(path: Path):
     finally:
         logger.removeFilter(divert)
         handler.close()
+
+
+class LibraryLog(logging.FileHandler):
+    """A log file that a full disk does not break: the records it refuses are written again
+    when the run ends (the failed save's files are gone by then), or dropped; never printed."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+        self.refused = []
+
+    def handleError(self, record):
+        self.refused.append(record)
+        with contextlib.suppress(OSError):  # a half-written buffer: dropped, then reopened
+            if self.stream is not None:
+                self.stream.close()
+        self.stream = None
+
+    def close(self):
+        refused, self.refused = self.refused, []
+        for record in refused[:1000]:
+            self.emit(record)
+        with contextlib.suppress(OSError):
+            super().close()
 
 
 def state_bytes(state: TrainState) -> int:

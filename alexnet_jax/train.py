@@ -80,7 +80,7 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                 f"{progress.steps_done} of {run.steps_per_epoch}"
             )
     if is_primary():
-        artifacts.write_config(run_dir, config)
+        write(checkpoints, artifacts.write_config, run_dir, config)
     log(
         f"training {config.dataset} ({run.partitions.images_per_epoch} images per epoch, "
         f"{run.data.eval_name} {len(run.data.evaluation)}) on {run.mesh.devices.size} "
@@ -121,8 +121,8 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                     row[key] for key in ("train_seconds", "eval_seconds", "checkpoint_seconds")
                 )
                 mark = now
-                if is_primary():
-                    artifacts.write_history(run_dir, history)
+                if is_primary():  # the curves with each checkpoint (artifacts.write_history)
+                    write(checkpoints, artifacts.write_history, run_dir, history, not unsaved)
                 say(
                     f"epoch {row['epoch']}/{config.num_epochs}: train loss "
                     f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
@@ -133,6 +133,8 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                     + ("" if unsaved else f", {row['checkpoint_seconds']:.1f} s checkpoint")
                 )
             if stop.stopped and len(history) < config.num_epochs:
+                if is_primary() and unsaved:
+                    write(checkpoints, artifacts.write_history, run_dir, history)
                 raise stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
         finally:
             # Whatever ends the loop, the save in flight completes (or fails loudly) first.
@@ -142,10 +144,9 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
         log(f"{run_dir} is complete ({config.num_epochs} epochs); evaluating it again")
         result = run.evaluate(state)
     if is_primary():
-        artifacts.write_history(run_dir, history)
-        artifacts.write_evaluation(
-            run_dir, np.asarray(run.data.evaluation.images), result, run.data.class_names
-        )
+        write(checkpoints, artifacts.write_history, run_dir, history)
+        images, names = np.asarray(run.data.evaluation.images), run.data.class_names
+        write(checkpoints, artifacts.write_evaluation, run_dir, images, result, names)
     log(f"{run.data.eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
     epoch = len(history)
     return Trained(config, state, epoch, checkpoints.directory / str(epoch), history, run.derived)
@@ -172,6 +173,19 @@ def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
         checkpoints.save(len(history), state, config, history)
         checkpoints.wait()
     return stopped(stop, len(history), kept_checkpoint(checkpoints), f"after epoch {len(history)}")
+
+
+def write(checkpoints: Checkpoints, writer, run_dir: Path, *args) -> None:
+    """Write the run's metrics or figures; a full disk ends the run with one line."""
+    try:
+        writer(run_dir, *args)
+    except OSError as e:
+        if jax.process_count() == 1:  # (the others would not wait with it)
+            checkpoints.wait()  # a save that failed on the same disk says more
+        raise UserError(
+            f"cannot write to {run_dir} ({e.strerror}): free disk space (or fix the folder) and "
+            "re-run the same command to resume"
+        ) from e
 
 
 def written_history(run_dir: Path) -> list[dict]:
