@@ -9,6 +9,7 @@ from JSON.
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import shutil
@@ -31,7 +32,9 @@ from alexnet_jax.parallel import make_mesh, replicated
 from alexnet_jax.state import TrainState, create_train_state
 
 CHECKPOINTS = "checkpoints"
+PARTIAL = "partial"  # <run>/checkpoints/partial/<global step>/: a stopped epoch's progress
 QUARANTINE = "checkpoints-unreadable"
+TEMPORARY_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax writes <id><suffix>... and renames it when done
 # The accuracy of the split evaluated during training (row["eval_split"]): the validation split
 # when the config holds one out, else the test split.
 BEST_METRIC = "test_accuracy"
@@ -89,112 +92,220 @@ def _arrays(state: TrainState):
 class Checkpoints:
     """The checkpoints of one run: each holds the state, the config and the metrics history.
 
-    The step of a checkpoint is the number of epochs completed (0, with an empty history, for a
-    model imported from Keras: `keras_io`). The last `keep` epochs are kept, and the best by
-    evaluation accuracy besides (validation split when held out, else test). Saving is
-    asynchronous.
+    A complete checkpoint, `<directory>/<epoch>/`, is taken at the end of an epoch (every
+    `checkpoint_every` epochs, and the last); its step is the number of epochs completed (0,
+    with an empty history, for a model imported from Keras: `keras_io`). The last `keep` are
+    kept, and the best by evaluation accuracy besides (validation split when held out, else
+    test). A partial checkpoint, `<directory>/partial/<global step>/`, is taken when a stop
+    request ends a run between complete ones: it holds the state after the steps that ran and
+    the epoch's progress (`progress`, written by `run.EpochProgress`), so that the run resumes
+    at that step with nothing lost. It is never evaluated, so it never counts as best; it is
+    removed once a later complete checkpoint is on disk. Saving is asynchronous.
     """
 
     def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
         self.directory = Path(directory).absolute()
+        self.read_only = read_only
         best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
-        options = ocp.CheckpointManagerOptions(
-            best_fn=best,
-            best_mode="max",
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(
-                [
-                    checkpoint_managers.LatestN(keep),
-                    checkpoint_managers.BestN(get_metric_fn=best, n=1),
-                ]
+        self._manager = self._open(
+            self.directory,
+            ocp.CheckpointManagerOptions(
+                best_fn=best,
+                best_mode="max",
+                preservation_policy=checkpoint_managers.AnyPreservationPolicy(
+                    [
+                        checkpoint_managers.LatestN(keep),
+                        checkpoint_managers.BestN(get_metric_fn=best, n=1),
+                    ]
+                ),
+                **self._access(),
             ),
-            read_only=read_only,
-            create=not read_only,
-            # Temporary folders of saves that a crash cut short are removed on start.
-            cleanup_tmp_directories=not read_only,
         )
+        self._partial = None  # the manager of partial/, opened when there is one
+        self._writing = None  # (partial, id) of the save in flight
+        self._partials()
+
+    def _access(self) -> dict:
+        return dict(
+            read_only=self.read_only,
+            create=not self.read_only,
+            # Temporary folders of saves that a crash or a full disk cut short are removed on
+            # start (a read-only reader leaves them: they may be a running training's).
+            cleanup_tmp_directories=not self.read_only,
+        )
+
+    @staticmethod
+    def _open(directory: Path, options) -> ocp.CheckpointManager:
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            if options.create:  # here, not in Orbax's threads, so that a failure is one line
+                directory.mkdir(parents=True, exist_ok=True)
+            return ocp.CheckpointManager(directory, options=options)
         except Exception as e:
             raise CorruptCheckpoint(
-                f"cannot open the checkpoints in {self.directory}: {first_line(e)}"
+                f"cannot open the checkpoints in {directory}: {first_line(e)}"
             ) from e
 
+    def _partials(self, create: bool = False) -> ocp.CheckpointManager | None:
+        folder = self.directory / PARTIAL
+        if self._partial is None and (create or folder.is_dir()):
+            self._partial = self._open(folder, ocp.CheckpointManagerOptions(**self._access()))
+        return self._partial
+
+    def _manager_of(self, partial: bool) -> ocp.CheckpointManager:
+        manager = self._partials() if partial else self._manager
+        if manager is None:
+            raise UserError(f"{self.directory} holds no partial checkpoint")
+        return manager
+
     def epochs(self) -> list[int]:
+        """The epochs of the complete checkpoints, oldest first."""
         return list(self._manager.all_steps())
 
     def latest_epoch(self) -> int | None:
         return self._manager.latest_step()
 
     def best_epoch(self) -> int | None:
-        """The epoch of the best test accuracy; the latest when none was evaluated (imported)."""
+        """The epoch of the best evaluation accuracy; the latest if none was evaluated."""
         best = self._manager.best_step()
         return best if best is not None else self.latest_epoch()
 
+    def partial_steps(self) -> list[int]:
+        """The ids (global steps) of the partial checkpoints, oldest first."""
+        manager = self._partials()
+        return list(manager.all_steps()) if manager is not None else []
+
+    def newest_partial(self) -> int | None:
+        """The partial checkpoint newer than every complete one, if there is one (it is then
+        the run's newest state; an older one is left over from before a later complete one)."""
+        steps = self.partial_steps()
+        if not steps:
+            return None
+        return (
+            steps[-1]
+            if self.read_progress(steps[-1])["epoch"] > (self.latest_epoch() or 0)
+            else None
+        )
+
+    def path(self, id: int, partial: bool = False) -> Path:
+        return self.directory / PARTIAL / str(id) if partial else self.directory / str(id)
+
     def save(self, epoch, state, config, history) -> None:
-        """Start writing the checkpoint of `epoch` (returns before the write completes)."""
-        config = config.to_dict()
+        """Start writing the complete checkpoint of `epoch` (returns before the write completes)."""
+        self._save(
+            False,
+            epoch,
+            state,
+            {"config": config.to_dict(), "history": history},
+            # An epoch-0 checkpoint (an imported model) has no metrics, and is never "best".
+            metrics={BEST_METRIC: history[-1][BEST_METRIC]} if history else None,
+        )
+
+    def save_partial(self, state, config, history, progress: dict) -> Path:
+        """Start writing a partial checkpoint: the state within a stopped epoch, the completed
+        epochs' `history` and the epoch's `progress`. Returns its folder."""
+        step = int(state.step)
+        if step not in self.partial_steps():  # (else a resumed run stopped before its next step)
+            items = {"config": config.to_dict(), "history": history, "progress": progress}
+            self._save(True, step, state, items)
+        return self.path(step, partial=True)
+
+    def _save(self, partial: bool, id: int, state, items: dict, metrics=None) -> None:
+        # The save before must be on disk first, so that its failure is reported as its own.
+        self.wait()
         topology = {"num_processes": jax.process_count(), "num_devices": jax.device_count()}
+        # Copies: Orbax writes them in the background while the caller goes on with its rows.
+        items = json.loads(json.dumps({**items, "topology": topology}))
         integrity = {
             "version": FINGERPRINT_VERSION,
             "fingerprint": state_fingerprint(state),
-            "config_sha256": json_sha256(config),
-            "history_sha256": json_sha256(history),
-            "topology_sha256": json_sha256(topology),
+            **{f"{name}_sha256": json_sha256(value) for name, value in items.items()},
         }
+        json_args = {name: ocp.args.JsonSave(value) for name, value in items.items()}
+        manager = self._partials(create=True) if partial else self._manager
         try:
-            self._manager.save(
-                epoch,
+            manager.save(
+                id,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
-                    config=ocp.args.JsonSave(config),
-                    history=ocp.args.JsonSave(history),
-                    topology=ocp.args.JsonSave(topology),
                     integrity=ocp.args.JsonSave(integrity),
+                    **json_args,
                 ),
-                # An epoch-0 checkpoint (an imported model) has no metrics, and is never "best".
-                metrics={BEST_METRIC: history[-1][BEST_METRIC]} if history else None,
+                metrics=metrics,
             )
         except Exception as e:
-            raise self._save_error(epoch, e) from e
+            self._remove_temporary(partial, id)
+            raise self._save_error(partial, id, e) from e
+        self._writing = (partial, id)
 
     def wait(self) -> None:
-        """Block until the last save is on disk; a failed write is raised here."""
+        """Block until the save in flight is on disk; a failed write is raised here, naming its
+        checkpoint. Then the partial checkpoints older than it go (all of them are, after a
+        complete one: a partial checkpoint ends a run)."""
+        if self._writing is None:
+            return
+        (partial, id), self._writing = self._writing, None
         try:
-            self._manager.wait_until_finished()
+            self._manager_of(partial).wait_until_finished()
         except Exception as e:
-            raise self._save_error(self.latest_epoch(), e) from e
+            self._remove_temporary(partial, id)
+            raise self._save_error(partial, id, e) from e
+        for step in self.partial_steps():
+            if not partial or step < id:
+                self._partials().delete(step)
 
-    def _save_error(self, epoch, error: Exception) -> UserError:
-        previous = [e for e in self.epochs() if epoch is None or e < epoch]
-        kept = f"epoch {previous[-1]}'s checkpoint is intact" if previous else "no earlier one"
+    def _remove_temporary(self, partial: bool, id: int) -> None:
+        """Remove what a failed save left (Orbax would remove it at the next start)."""
+        if is_primary():
+            for folder in self.path(id, partial).parent.glob(f"{id}{TEMPORARY_SUFFIX}*"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _save_error(self, partial: bool, id: int, error: Exception) -> UserError:
+        what = (
+            f"the partial checkpoint at step {id}" if partial else f"the checkpoint of epoch {id}"
+        )
+        previous = [e for e in self.epochs() if partial or e < id]
+        if previous:
+            kept = f"epoch {previous[-1]}'s checkpoint is intact"
+            then = "re-run the same command to resume"
+        else:
+            kept, then = "no earlier checkpoint was saved", "re-run the same command to start"
         return UserError(
-            f"saving the checkpoint of epoch {epoch} in {self.directory} failed "
-            f"({first_line(error)}); {kept}: free disk space (or fix the folder) and re-run "
-            "the same command to resume"
+            f"saving {what} in {self.directory} failed ({why_save_failed(error)}); {kept}: free "
+            f"disk space (or fix the folder) and {then}"
         )
 
-    def read_config(self, epoch: int) -> ml_collections.ConfigDict:
-        saved = self._read_verified(epoch).config
+    def read_config(self, id: int, partial: bool = False) -> ml_collections.ConfigDict:
+        saved = self._read_verified(id, partial).config
         config = default_config()
         unknown = set(saved) - set(config.keys())
         if unknown:
             raise CorruptCheckpoint(
-                f"checkpoint {self._path(epoch)} has config fields {sorted(unknown)} that this "
-                "version of alexnet_jax does not know"
+                f"checkpoint {self.path(id, partial)} has config fields {sorted(unknown)} that "
+                "this version of alexnet_jax does not know"
             )
         try:
             config.update(saved)
         except (TypeError, ValueError) as e:
-            raise self._corrupt(epoch, f"its config does not fit this version ({e})") from e
+            raise self._corrupt(id, partial, f"its config does not fit this version ({e})") from e
         return config
 
-    def restore(self, epoch: int, abstract_state: TrainState, mesh: Mesh):
-        """(state, history) of `epoch`, arrays placed replicated on `mesh` and verified."""
+    def read_topology(self, id: int, partial: bool = False) -> dict:
+        """How many processes and devices wrote the checkpoint."""
+        return self._read_verified(id, partial).topology
+
+    def read_progress(self, step: int) -> dict:
+        """A partial checkpoint's progress: `epoch` (1-based, the stopped one), `steps_done`,
+        `steps_per_epoch` and what `run.EpochProgress` needs to go on."""
+        return self._read_verified(step, True).progress
+
+    def restore(self, id: int, abstract_state: TrainState, mesh: Mesh, partial: bool = False):
+        """(state, history) of epoch `id` (or of the partial checkpoint `id`), arrays placed
+        replicated on `mesh` and verified."""
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
             abstract_state,
         )
-        restored = self._read_verified(epoch, state=ocp.args.StandardRestore(target))
+        restored = self._read_verified(id, partial, state=ocp.args.StandardRestore(target))
         expected = restored.integrity["fingerprint"]
         actual = state_fingerprint(restored.state)
         if actual != expected:
@@ -205,85 +316,112 @@ class Checkpoints:
                 if a != e
             ]
             raise self._corrupt(
-                epoch, f"its arrays differ from what was saved ({', '.join(differing[:3])})"
+                id, partial, f"its arrays differ from what was saved ({', '.join(differing[:3])})"
             )
-        if len(restored.history) != epoch:
-            raise self._corrupt(epoch, "its metrics history does not match its epoch")
+        completed = restored.progress["epoch"] - 1 if partial else id
+        if len(restored.history) != completed:
+            raise self._corrupt(id, partial, "its metrics history does not match its epoch")
         return restored.state, restored.history
 
-    def read_topology(self, epoch: int) -> dict:
-        """How many processes and devices wrote the checkpoint."""
-        return self._read_verified(epoch).topology
-
-    def _read_verified(self, epoch: int, **items):
+    def _read_verified(self, id: int, partial: bool = False, **items):
         """Read the JSON items (and `items`), checking them against the integrity record."""
+        names = {"config": dict, "history": list, "topology": dict}
+        if partial:
+            names["progress"] = dict
         restored = self._read(
-            epoch,
-            config=ocp.args.JsonRestore(),
-            history=ocp.args.JsonRestore(),
-            topology=ocp.args.JsonRestore(),
+            id,
+            partial,
             integrity=ocp.args.JsonRestore(),
+            **{name: ocp.args.JsonRestore() for name in names},
             **items,
         )
         integrity = restored.integrity
         if not isinstance(integrity, dict) or integrity.get("version") != FINGERPRINT_VERSION:
-            raise self._corrupt(epoch, "its integrity record is missing or unknown")
-        for name, kind in (("config", dict), ("history", list), ("topology", dict)):
+            raise self._corrupt(id, partial, "its integrity record is missing or unknown")
+        for name, kind in names.items():
             value = getattr(restored, name)
             if not isinstance(value, kind) or json_sha256(value) != integrity.get(f"{name}_sha256"):
-                raise self._corrupt(epoch, f"its {name} differs from what was saved")
+                raise self._corrupt(id, partial, f"its {name} differs from what was saved")
         return restored
 
     def restore_latest_readable(
         self, abstract_state: TrainState, mesh: Mesh, check=None, report=print
-    ):
-        """Restore the newest checkpoint that reads back intact, moving unreadable ones aside.
+    ) -> "Restored | None":
+        """Restore the newest checkpoint that reads back intact (a partial one when it is the
+        newest), moving unreadable ones aside.
 
-        `check(epoch)` may refuse a checkpoint by raising a UserError, which propagates (a
-        checkpoint of other settings is not corrupt). Returns (epoch, state, history), or None
-        when there is no checkpoint at all.
+        `check(id, partial)` may refuse a checkpoint by raising a UserError, which propagates (a
+        checkpoint of other settings is not corrupt). Returns None when there is no checkpoint.
         """
-        epochs = self.epochs()
-        if not epochs:
+        if not self.epochs() and not self.partial_steps():
             return None
-        for epoch in reversed(epochs):
+        try:
+            newest_partial = self.newest_partial()
+        except CorruptCheckpoint as e:
+            newest_partial = None
+            moved = self.quarantine(self.partial_steps()[-1], partial=True)
+            report(f"warning: {e}; moved it to {moved} and trying the one before")
+        candidates = [(newest_partial, True)] if newest_partial is not None else []
+        candidates += [(epoch, False) for epoch in reversed(self.epochs())]
+        for id, partial in candidates:
             try:
                 if check is not None:
-                    check(epoch)
-                state, history = self.restore(epoch, abstract_state, mesh)
-                return epoch, state, history
+                    check(id, partial)
+                state, history = self.restore(id, abstract_state, mesh, partial)
+                progress = self.read_progress(id) if partial else None
+                return Restored(state, history, progress, self.path(id, partial))
             except CorruptCheckpoint as e:
-                moved = self.quarantine(epoch)
+                moved = self.quarantine(id, partial)
                 report(f"warning: {e}; moved it to {moved} and trying the one before")
         raise CorruptCheckpoint(
             f"none of the checkpoints in {self.directory} could be read (moved to "
             f"{self.directory.parent / QUARANTINE}): start afresh in another --workdir"
         )
 
-    def quarantine(self, epoch: int) -> Path:
+    def quarantine(self, id: int, partial: bool = False) -> Path:
         """Move an unreadable checkpoint out of the way, keeping it for inspection."""
-        target = self.directory.parent / QUARANTINE / f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{PARTIAL}-{id}" if partial else str(id)
+        target = self.directory.parent / QUARANTINE / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if is_primary():  # every process found it unreadable; one of them moves it
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(self._path(epoch)), target)
-        barrier(f"quarantine-{epoch}")
-        self._manager.reload()
+            shutil.move(str(self.path(id, partial)), target)
+        barrier(f"quarantine-{name}")
+        self._manager_of(partial).reload()
         return target
 
-    def _read(self, epoch: int, **items):
+    def _read(self, id: int, partial: bool, **items):
         try:
-            return self._manager.restore(epoch, args=ocp.args.Composite(**items))
+            return self._manager_of(partial).restore(id, args=ocp.args.Composite(**items))
         except Exception as e:  # TensorStore, JSON and Orbax raise many kinds here
-            raise self._corrupt(epoch, first_line(e)) from e
+            raise self._corrupt(id, partial, first_line(e)) from e
 
-    def _corrupt(self, epoch: int, why: str) -> CorruptCheckpoint:
-        return CorruptCheckpoint(f"checkpoint {self._path(epoch)} is unreadable: {why}")
-
-    def _path(self, epoch: int) -> Path:
-        return self.directory / str(epoch)
+    def _corrupt(self, id: int, partial: bool, why: str) -> CorruptCheckpoint:
+        return CorruptCheckpoint(f"checkpoint {self.path(id, partial)} is unreadable: {why}")
 
     def close(self) -> None:
         self._manager.close()
+        if self._partial is not None:
+            self._partial.close()
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What resuming reads back: the state, the completed epochs' rows and, from a partial
+    checkpoint, the stopped epoch's progress."""
+
+    state: TrainState
+    history: list[dict]
+    progress: dict | None
+    path: Path
+
+
+def why_save_failed(error: BaseException) -> str:
+    """The cause of a failed write in a few words: TensorStore's messages run to several
+    hundred characters of paths, with the cause at the end."""
+    text = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return "No space left on device"
+    return first_line(error)
 
 
 def json_sha256(value) -> str:
@@ -297,16 +435,20 @@ def abstract_train_state(config, derived: Derived, steps_per_epoch: int = 1) -> 
 
 
 def locate(path: str | Path) -> tuple[Path, int | None]:
-    """Resolve what a user may pass as --ckpt: a run dir, its checkpoints dir or one epoch's dir.
+    """Resolve what a user may pass as --ckpt: a run dir, its checkpoints dir, one epoch's dir,
+    or a partial checkpoint's (`checkpoints/partial/<step>`, or `checkpoints/partial`).
 
-    Returns (checkpoints directory, epoch or None for "pick one").
+    Returns (the folder that holds it, its id or None for "pick one"); the folder is named
+    `partial` for partial checkpoints.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint path {path} does not exist")
     if (path / CHECKPOINTS).is_dir():
         return path / CHECKPOINTS, None
-    if path.is_dir() and any(child.name.isdigit() for child in path.iterdir()):
+    if path.is_dir() and (
+        path.name == CHECKPOINTS or any(child.name.isdigit() for child in path.iterdir())
+    ):
         return path, None
     if path.name.isdigit() and path.parent.is_dir():
         return path.parent, int(path.name)
@@ -332,8 +474,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--best",
         action="store_true",
-        help="the epoch of the best validation accuracy (test accuracy when the run held out "
-        "no validation split) instead of the latest",
+        help="the complete epoch of the best validation accuracy (test accuracy when the run "
+        "held out no validation split) instead of the newest checkpoint",
     )
 
 
@@ -343,10 +485,22 @@ class Trained:
 
     config: ml_collections.ConfigDict
     state: TrainState
-    epoch: int
-    path: Path  # the epoch's checkpoint folder
-    history: list[dict]  # the metrics rows up to that epoch
+    epoch: int  # for a partial checkpoint, the stopped epoch
+    path: Path  # the checkpoint's folder
+    history: list[dict]  # the metrics rows of the completed epochs
     derived: Derived  # what the config implies (dataset spec, dtype, classes)
+    progress: dict | None = None  # a partial checkpoint's (see `Checkpoints.read_progress`)
+
+    @property
+    def label(self) -> str:
+        """What the checkpoint holds, as the commands print it."""
+        if self.progress is None:
+            return f"epoch {self.epoch}"
+        done, steps = self.progress["steps_done"], self.progress["steps_per_epoch"]
+        return (
+            f"epoch {self.epoch}, partial: {done} of its {steps} steps (saved when the run was "
+            "stopped; not evaluated during training)"
+        )
 
 
 def chosen_by(row: dict) -> str:
@@ -363,29 +517,79 @@ def chosen_by(row: dict) -> str:
 
 def describe(trained: Trained, best: bool = False) -> str:
     """Which checkpoint a command uses: `epoch N of DIR`, and for --best how it was chosen."""
-    where = f"epoch {trained.epoch} of {trained.path.parent}"
+    where = f"{trained.label} of {trained.path.parent}"
     if best and trained.history:
         return f"{where}, {chosen_by(trained.history[-1])}"
     return where
 
 
 def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None) -> Trained:
-    """Restore what a user passes as --ckpt (see `locate`): the latest epoch, or the best one.
+    """Restore what a user passes as --ckpt (see `locate`): the newest checkpoint, or with
+    `best` the complete epoch of the best evaluation accuracy.
 
-    Needs no dataset: the number of classes comes from the dataset's spec.
+    The newest is a partial checkpoint when a stop ended the run after the last complete one;
+    `best` never picks a partial one (it was never evaluated). A run in progress can be read:
+    only checkpoints whose write is complete are seen, and one that the training removes while
+    it is read is picked again. Needs no dataset: the number of classes comes from the
+    dataset's spec.
     """
-    directory, epoch = locate(ckpt)
-    checkpoints = Checkpoints(directory, read_only=True)
-    try:
+    directory, id = locate(ckpt)
+    partial = directory.name == PARTIAL
+    if partial:
+        directory = directory.parent
+    mesh = mesh or make_mesh()
+    for attempt in range(2):
+        checkpoints = Checkpoints(directory, read_only=True)
+        try:
+            chosen, is_partial = _choose(checkpoints, id, partial, best)
+            try:
+                config = checkpoints.read_config(chosen, is_partial)
+                derived = derive(config)
+                abstract = abstract_train_state(config, derived)
+                state, history = checkpoints.restore(chosen, abstract, mesh, is_partial)
+                progress = checkpoints.read_progress(chosen) if is_partial else None
+            except CorruptCheckpoint:
+                if (
+                    attempt == 0
+                    and id is None
+                    and not checkpoints.path(chosen, is_partial).exists()
+                ):
+                    continue  # a running training removed it (its keep policy): pick again
+                raise
+        finally:
+            checkpoints.close()
+        epoch = progress["epoch"] if progress else chosen
+        path = checkpoints.path(chosen, is_partial)
+        return Trained(config, state, epoch, path, history, derived, progress)
+    raise AssertionError("unreachable")
+
+
+def _choose(checkpoints: Checkpoints, id: int | None, partial: bool, best: bool):
+    """(id, is partial) of the checkpoint that load_trained's arguments name."""
+    if partial:
+        steps = checkpoints.partial_steps()
+        chosen = steps[-1] if id is None and steps else id
+        if chosen is None or chosen not in steps:
+            missing = "" if chosen is None else f" {chosen}"
+            raise UserError(f"{checkpoints.directory} holds no partial checkpoint{missing}")
+        return chosen, True
+    if id is not None:
+        if id not in checkpoints.epochs():
+            raise UserError(f"{checkpoints.directory} holds no checkpoint {id}")
+        return id, False
+    if best:
+        epoch = checkpoints.best_epoch()
         if epoch is None:
-            epoch = checkpoints.best_epoch() if best else checkpoints.latest_epoch()
-        if epoch is None or epoch not in checkpoints.epochs():
-            missing = "" if epoch is None else f" {epoch}"
-            raise UserError(f"{directory} holds no checkpoint{missing}")
-        config = checkpoints.read_config(epoch)
-        derived = derive(config)
-        abstract = abstract_train_state(config, derived)
-        state, history = checkpoints.restore(epoch, abstract, mesh or make_mesh())
-    finally:
-        checkpoints.close()
-    return Trained(config, state, epoch, directory / str(epoch), history, derived)
+            only = " (only a partial one, never evaluated)" if checkpoints.partial_steps() else ""
+            raise UserError(
+                f"{checkpoints.directory} holds no complete checkpoint{only}, so none is best: "
+                "leave out --best for the newest"
+            )
+        return epoch, False
+    newest = checkpoints.newest_partial()
+    if newest is not None:
+        return newest, True
+    epoch = checkpoints.latest_epoch()
+    if epoch is None:
+        raise UserError(f"{checkpoints.directory} holds no checkpoint")
+    return epoch, False

@@ -64,9 +64,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_flip = False  # average the predictions of an image and its mirror at test time
 
     c.nonfinite = "stop"  # on a NaN/inf loss or gradient: stop the run | skip the step
-    # The last N epochs; the best by evaluation accuracy is kept as well (on the validation
+    # The last N checkpoints; the best by evaluation accuracy is kept as well (on the validation
     # split when validation_examples holds one out, else on the test split).
     c.keep_checkpoints = 3
+    # Epochs between checkpoints; the last epoch and a stop request (Ctrl-C, SIGTERM) always
+    # save, so only a crash loses the epochs since the last one. A save blocks training for
+    # about 0.28 s (the 357 MiB CIFAR-10 state at 224, measured on a 2-core CPU; not yet on a
+    # GPU host), and at the 60,000 images/s aimed at on one H100 a CIFAR-10 epoch is 0.85 s:
+    # saving every epoch would cost a third of the run, every 10th about 3%. On a machine
+    # where an epoch takes minutes, pass 1.
+    c.checkpoint_every = 10
     c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
     # Training steps run by one call to the devices (an unrolled lax.scan): the same bits as one
     # step at a time. Stop requests and progress take effect between calls; compiling takes
@@ -85,6 +92,7 @@ RESUMABLE_CHANGES = frozenset(
         "data_dir",
         "download",
         "keep_checkpoints",
+        "checkpoint_every",
         "log_every",
         "eval_batch_size",
         "nonfinite",
@@ -197,6 +205,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "batch_size": 1,
         "eval_batch_size": 1,
         "keep_checkpoints": 1,
+        "checkpoint_every": 1,
         "log_every": 1,
         "steps_per_dispatch": 1,
         "train_examples": 0,

@@ -11,7 +11,8 @@ class UserError(Exception):
 def cli(main):
     """Wrap an entry point so that a UserError prints `error: ...` and exits with status 2.
 
-    (Or with the error's own `exit_code`, as an interrupted run does.)
+    (Or with the error's own `exit_code`, as an interrupted run does; Ctrl-C outside training's
+    own handling exits with 130, the shell's status for it, without a traceback.)
     """
 
     @functools.wraps(main)
@@ -21,6 +22,9 @@ def cli(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(getattr(e, "exit_code", 2))
+        except KeyboardInterrupt:  # Ctrl-C before training installs its own handler, or twice
+            print("error: stopped by SIGINT", file=sys.stderr)
+            sys.exit(130)
 
     return wrapper
 

@@ -50,6 +50,7 @@ def main(argv=None):
             dataset=config.dataset,
             checkpoint=str(trained.path),
             epoch=trained.epoch,
+            partial=trained.progress,
             eval_flip=bool(config.eval_flip),
         )
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

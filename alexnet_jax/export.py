@@ -82,6 +82,7 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
         "onnx": ONNX if onnx else None,
         "checkpoint": str(trained.path),
         "epoch": trained.epoch,
+        "partial": trained.progress,  # a stopped epoch's progress (checkpoint.Trained)
         "metrics": trained.history[-1] if trained.history else None,
         "jax_version": jax.__version__,
     }

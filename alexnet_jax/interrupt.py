@@ -17,9 +17,11 @@ class Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
-def stopped(stop: "StopRequests", epoch: int, then: str = "") -> Interrupted:
-    """The error that ends a run stopped during `epoch` (0-based); `then` says what was kept."""
-    return Interrupted(f"stopped by {stop.name} during epoch {epoch + 1}{then}", stop.exit_signal)
+def stopped(stop: "StopRequests", epoch: int, then: str = "", where: str = "") -> Interrupted:
+    """The error that ends a run stopped during `epoch` (0-based); `then` says what was kept,
+    `where` replaces "during epoch N"."""
+    where = where or f"during epoch {epoch + 1}"
+    return Interrupted(f"stopped by {stop.name} {where}{then}", stop.exit_signal)
 
 
 class StopRequests:

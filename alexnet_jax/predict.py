@@ -244,6 +244,7 @@ def main(argv=None) -> int:
             dataset=trained.config.dataset,
             checkpoint=str(trained.path),
             epoch=trained.epoch,
+            partial=trained.progress,
         )
         text = json.dumps(payload, indent=2) + "\n"
         if args.json == "-":

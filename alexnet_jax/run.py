@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -35,8 +36,17 @@ CALLS_IN_FLIGHT = 2
 
 
 # The fields of an epoch's row that are timings: they differ between runs of the same bits.
+# An epoch's seconds split into training, evaluation, the blocking part of checkpointing and the
+# rest (writing the metrics and curves, logging): epoch = train + eval + checkpoint + other.
 TIMING_FIELDS = frozenset(
-    {"train_seconds", "eval_seconds", "epoch_seconds", "train_images_per_second"}
+    {
+        "train_seconds",
+        "eval_seconds",
+        "checkpoint_seconds",
+        "other_seconds",
+        "epoch_seconds",
+        "train_images_per_second",
+    }
 )
 
 
@@ -107,18 +117,68 @@ def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None, dev
     )
 
 
-def run_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests, on_log=None):
+@dataclass
+class EpochProgress:
+    """How far an epoch's training went: where a stopped epoch goes on, bit for bit.
+
+    The epoch's batches are a pure function of the state's rng and the epoch, and its calls can
+    start at any step, so the state after `steps_done` steps and the summed metrics of those
+    steps are all it takes. A partial checkpoint records it (`to_json`).
+    """
+
+    epoch: int  # 0-based
+    steps_done: int = 0
+    totals: dict | None = None  # `drive`'s summed metrics of those steps
+    train_seconds: float = 0.0  # spent on them
+
+    def to_json(self, steps_per_epoch: int) -> dict:
+        # Each sum keeps its type (a NumPy float32 sums on in float32), so that the epoch's
+        # metrics come out with the bits of an uninterrupted epoch.
+        totals = {
+            key: [value.item(), value.dtype.name] if isinstance(value, np.generic) else value
+            for key, value in (self.totals or {}).items()
+        }
+        return {
+            "epoch": self.epoch + 1,
+            "steps_done": self.steps_done,
+            "steps_per_epoch": steps_per_epoch,
+            "totals": totals,
+            "train_seconds": self.train_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "EpochProgress":
+        totals = {
+            key: np.dtype(value[1]).type(value[0]) if isinstance(value, list) else value
+            for key, value in saved["totals"].items()
+        }
+        return cls(saved["epoch"] - 1, saved["steps_done"], totals, saved["train_seconds"])
+
+
+def run_epoch(
+    run: Run,
+    state: TrainState,
+    epoch: int,
+    stop: StopRequests,
+    progress: EpochProgress | None = None,
+    on_log=None,
+):
     """Train epoch `epoch` (0-based), then evaluate: (state, the epoch's row, the evaluation).
 
     The row and the evaluation are None when a stop was requested: the epoch is then incomplete
-    and not evaluated. `on_log` receives the step metrics (see `drive`).
+    and not evaluated. `progress`, when given, is where the epoch goes on from (a stopped one)
+    and is brought up to where it stopped. `on_log` receives the step metrics (see `drive`).
     """
+    progress = progress or EpochProgress(epoch)
     start = time.perf_counter()
-    state, totals = train_epoch(run, state, epoch, stop, on_log)
-    if stop.stopped:
-        return state, None, None
+    state, totals = train_epoch(run, state, epoch, stop, progress, on_log)
     jax.block_until_ready(state)
     trained = time.perf_counter()
+    progress.totals = totals
+    progress.steps_done = int(state.step) - epoch * run.steps_per_epoch
+    progress.train_seconds += trained - start
+    if stop.stopped:
+        return state, None, None
     result = run.evaluate(state)
     evaluated = time.perf_counter()
     row = {
@@ -130,35 +190,57 @@ def run_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests, on_lo
         "test_accuracy": result.accuracy,
         "eval_split": run.data.eval_name,
         "skipped_steps": totals["skipped"],
-        "train_seconds": trained - start,
+        "train_seconds": progress.train_seconds,
         "eval_seconds": evaluated - trained,
-        "train_images_per_second": float(totals["count"]) / (trained - start),
+        "train_images_per_second": float(totals["count"]) / progress.train_seconds,
     }
     return state, row, result
 
 
-def train_epoch(run: Run, state: TrainState, epoch: int, stop: StopRequests, on_log=None):
-    """Train one epoch; returns the state and the summed metrics of its finite steps.
+def train_epoch(
+    run: Run,
+    state: TrainState,
+    epoch: int,
+    stop: StopRequests,
+    progress: EpochProgress | None = None,
+    on_log=None,
+):
+    """Train one epoch (from `progress`, if given); returns the state and the summed metrics of
+    its finite steps.
 
     Stops early (without error) when a stop was requested; raises NonFiniteLoss at the first
     non-finite step unless the config skips them.
     """
     config = run.config
+    start = progress.steps_done if progress else 0
     orders = run.partitions.epoch_orders(state.rng, epoch)
-    calls = run.calls.epoch(orders)
-    return drive(state, calls, run.steps_per_epoch, run.calls.dispatch, epoch, config, stop, on_log)
+    calls = run.calls.epoch(orders, start)
+    steps = run.steps_per_epoch - start
+    totals = progress.totals if progress else None
+    return drive(state, calls, steps, run.calls.dispatch, epoch, config, stop, totals, on_log)
 
 
-def drive(state, calls, steps: int, dispatch, epoch: int, config, stop: StopRequests, on_log=None):
+def drive(
+    state,
+    calls,
+    steps: int,
+    dispatch,
+    epoch: int,
+    config,
+    stop: StopRequests,
+    totals=None,
+    on_log=None,
+):
     """Run an epoch's `calls` by `dispatch(state, call) -> (state, metrics)`, with the progress
-    bar; returns the state and the summed metrics of the finite steps.
+    bar; returns the state and the summed metrics of the finite steps (added to `totals`, the
+    sums of the steps before, when an epoch goes on after a stop).
 
     A call runs one step or several; its metrics are stacked, a row per step. They are fetched
     every `config.log_every` steps, which is when the progress bar moves and `on_log(steps,
     seconds)` gets the finite steps fetched, as (1-based global step, metrics) pairs, and the
     seconds since the previous fetch.
     """
-    totals = {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0}
+    totals = dict(totals or {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0})
     first_step = int(state.step)
     bar = tqdm(
         total=steps,

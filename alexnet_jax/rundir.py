@@ -1,27 +1,129 @@
-"""The run directory, <workdir>/<dataset>/: checked before anything is read, and resumed from.
+"""The run directory, <workdir>/<dataset>/: held by one training, checked before anything is
+read, and resumed from.
 
-A run directory holds one run: its checkpoints, metrics and figures. Before the data is read,
-`prepare` makes sure it can be written and has room for a checkpoint; `resume` restores its
-newest readable checkpoint when the settings allow it.
+A run directory holds one run: its checkpoints, metrics and figures. `hold` makes one training
+its only writer (an operating-system lock, which the kernel releases however the process
+ends), checks that it can be written and has room for a checkpoint, and keeps the libraries'
+thread noise in a log file there; `check_settings` refuses a run of other settings; all of
+this before the data is read. `resume` restores its newest readable checkpoint.
 """
 
+import contextlib
+import datetime
+import fcntl
+import logging
+import math
+import os
 import shutil
+import socket
+import sys
+import threading
 from pathlib import Path
 
 import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.checkpoint import Checkpoints, CorruptCheckpoint, Restored
 from alexnet_jax.config import RESUMABLE_CHANGES
+from alexnet_jax.distributed import any_process, is_primary
 from alexnet_jax.errors import UserError
 from alexnet_jax.state import TrainState
+
+LOCK = "train.lock"
+# Orbax's own messages: its writer threads log a traceback each when a write fails, which the
+# run's one-line error already says; they go here instead of the terminal, as does what other
+# threads print (TensorStore prints a traceback for each write cut short by the failure).
+LIBRARY_LOG = "library.log"
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path, checkpoint_bytes: int):
+    """Hold `run_dir` for one training, or refuse now, before any data is read.
+
+    Process 0 holds the lock for all processes of a run (they share the directory). A second
+    training in a held directory is refused with a line naming the process and host that hold
+    it. Then `prepare`, and Orbax's messages go to LIBRARY_LOG for as long as it is held.
+    """
+    create(run_dir)
+    lock = RunLock(run_dir / LOCK)
+    holder = lock.acquire() if is_primary() else None
+    try:
+        if any_process(holder is not None):  # every process learns it, none waits for the others
+            holder = holder or f"{RunLock.holder(run_dir / LOCK)}, found by process 0"
+            raise UserError(
+                f"{run_dir} is in use by another training ({holder}): wait for it to end or "
+                "stop it, or pass another --workdir"
+            )
+        prepare(run_dir, checkpoint_bytes)
+        with library_log(run_dir / log_name()):
+            yield
+    finally:
+        lock.release()
+
+
+class RunLock:
+    """An exclusive `flock` on a file, which records who holds it.
+
+    The kernel releases it when the holder ends, killed or not, so no stale lock is left.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = None
+
+    def acquire(self) -> str | None:
+        """Take the lock: None, or a description of its holder when another process has it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            where = self.path.parent
+            raise UserError(f"cannot write to the run directory {where}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return self.holder(self.path)
+        except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unlocked
+            os.close(fd)
+            print(
+                f"warning: cannot lock {self.path} ({e.strerror}): a second training in "
+                f"{self.path.parent} would not be refused",
+                flush=True,
+            )
+            return None
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
+        self._fd = fd
+        return None
+
+    @staticmethod
+    def holder(path: Path) -> str:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            text = ""
+        return text or "a process that has not yet said which"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+def create(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to the run directory {run_dir}: {e.strerror}") from e
 
 
 def prepare(run_dir: Path, checkpoint_bytes: int) -> None:
     """Fail now, not after an epoch, if the run directory cannot be written or is full."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        create(run_dir)
         probe = run_dir / f".write-test-{jax.process_index()}"
         probe.write_text("ok")
         probe.unlink()
@@ -36,9 +138,102 @@ def prepare(run_dir: Path, checkpoint_bytes: int) -> None:
         )
 
 
+def log_name() -> str:
+    process = jax.process_index()
+    return LIBRARY_LOG if process == 0 else LIBRARY_LOG.replace(".log", f".{process}.log")
+
+
+@contextlib.contextmanager
+def library_log(path: Path):
+    """Send Orbax's log records, and what threads other than the main one print, to `path`
+    (created when the first one comes) while active."""
+    handler = LibraryLog(path)
+    orbax = f"{os.sep}orbax{os.sep}"
+
+    def divert(record: logging.LogRecord) -> bool:
+        if orbax in record.pathname:
+            handler.handle(record)
+            return False  # not on to the terminal's handlers
+        return True
+
+    logger = logging.getLogger("absl")  # Orbax logs through absl's logger
+    logger.addFilter(divert)
+    terminal, sys.stderr = sys.stderr, ThreadOutput(sys.stderr, handler)
+    try:
+        yield
+    finally:
+        sys.stderr = terminal
+        logger.removeFilter(divert)
+        handler.close()
+
+
+class ThreadOutput:
+    """sys.stderr for the main thread; complete lines that other threads write go to a log
+    handler (the main thread is where the progress bar and the run's own lines come from)."""
+
+    def __init__(self, terminal, handler: logging.Handler):
+        self.terminal, self.handler = terminal, handler
+        self.partial = {}  # thread id -> the line it has begun
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self.terminal.write(text)
+        with self.lock:
+            *lines, rest = (self.partial.pop(threading.get_ident(), "") + text).split("\n")
+            if rest:
+                self.partial[threading.get_ident()] = rest
+            for line in lines:
+                self.handler.handle(logging.makeLogRecord({"msg": line, "levelname": "ERROR"}))
+        return len(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding: the terminal's
+        return getattr(self.terminal, name)
+
+
+class LibraryLog(logging.FileHandler):
+    """A log file that a full disk does not break: the records it refuses are written again
+    when the run ends (the failed save's files are gone by then), or dropped; never printed."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+        self.refused = []
+
+    def handleError(self, record):
+        self.refused.append(record)
+        with contextlib.suppress(OSError):  # a half-written buffer: dropped, then reopened
+            if self.stream is not None:
+                self.stream.close()
+        self.stream = None
+
+    def close(self):
+        refused, self.refused = self.refused, []
+        for record in refused[:1000]:
+            self.emit(record)
+        with contextlib.suppress(OSError):
+            super().close()
+
+
 def state_bytes(state: TrainState) -> int:
     """The bytes of a state's arrays (concrete or abstract): about what its checkpoint takes."""
-    return sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def check_settings(checkpoints: Checkpoints, config: ml_collections.ConfigDict) -> None:
+    """Refuse now, before the data is read, a run directory whose newest readable checkpoint
+    has other settings or another process count (`resume` checks each one it reads again)."""
+    candidates = [(step, True) for step in reversed(checkpoints.partial_steps())]
+    candidates += [(epoch, False) for epoch in reversed(checkpoints.epochs())]
+    for id, partial in candidates:
+        try:
+            saved = checkpoints.read_config(id, partial)
+            topology = checkpoints.read_topology(id, partial)
+        except CorruptCheckpoint:
+            continue  # `resume` moves it aside
+        check_resumable(saved, config, checkpoints.path(id, partial))
+        check_topology(topology, checkpoints.path(id, partial))
+        return
 
 
 def resume(
@@ -47,17 +242,39 @@ def resume(
     abstract_state: TrainState,
     mesh: Mesh,
     report=print,
-):
-    """(epoch, state, history) of the newest checkpoint that reads back intact and may resume
-    with `config`, or None when there is none. Unreadable checkpoints are moved aside; one of
-    other settings or another process count is refused with a UserError."""
+) -> Restored | None:
+    """The newest checkpoint that reads back intact and may resume with `config` (a partial one
+    when a stop ended the run after the last complete one), or None when there is none.
+    Unreadable checkpoints are moved aside; one of other settings or another process count is
+    refused with a UserError."""
 
-    def check(epoch):
-        where = checkpoints.directory / str(epoch)
-        check_resumable(checkpoints.read_config(epoch), config, where)
-        check_topology(checkpoints.read_topology(epoch), where)
+    def check(id, partial):
+        where = checkpoints.path(id, partial)
+        check_resumable(checkpoints.read_config(id, partial), config, where)
+        check_topology(checkpoints.read_topology(id, partial), where)
 
     return checkpoints.restore_latest_readable(abstract_state, mesh, check=check, report=report)
+
+
+def with_timings(history: list[dict], written: list[dict], timing_fields) -> list[dict]:
+    """The restored rows, with the timings metrics.jsonl has for them.
+
+    A checkpoint is written before its epoch's time is all known, so its last row lacks the
+    checkpointing and the rest; metrics.jsonl, written after, has them. A row takes them only
+    from a written row with the same results.
+    """
+    by_epoch = {row.get("epoch"): row for row in written}
+
+    def results(row):
+        return {k: v for k, v in row.items() if k not in timing_fields}
+
+    merged = []
+    for row in history:
+        other = by_epoch.get(row.get("epoch"))
+        if other is not None and results(other) == results(row):
+            row = {**row, **{k: v for k, v in other.items() if k in timing_fields}}
+        merged.append(row)
+    return merged
 
 
 def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, where):

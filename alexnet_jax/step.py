@@ -196,11 +196,12 @@ class TrainCalls:
         self.partitions = partitions
         self._steps = make_train_steps(config, derived, mesh, partitions)
 
-    def epoch(self, orders):
+    def epoch(self, orders, start: int = 0):
+        """The calls of an epoch from its step `start` on (a stopped epoch goes on from there)."""
         steps = self.partitions.steps_per_epoch
         return (
             (orders, first, min(self.per_call, steps - first))
-            for first in range(0, steps, self.per_call)
+            for first in range(start, steps, self.per_call)
         )
 
     def dispatch(self, state, work):

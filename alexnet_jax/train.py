@@ -4,8 +4,9 @@
         [--data-dir DIR] [--config.FIELD=VALUE ...]
 
 Re-running the same command resumes from the run's latest checkpoint. The loop here reads top
-to bottom: check the run directory, build the run (`run.py`), resume, then train and evaluate
-epoch by epoch, saving a checkpoint and the metrics after each. The step itself is in
+to bottom: hold and check the run directory (`rundir.py`), build the run (`run.py`), resume,
+then train and evaluate epoch by epoch, writing the metrics after each and a checkpoint every
+`checkpoint_every` epochs; a stop request saves what it would lose. The step itself is in
 `step.py`, the command line in `cli.py`.
 """
 
@@ -19,16 +20,22 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import artifacts, environment, rundir
-from alexnet_jax.checkpoint import Checkpoints, Trained, abstract_train_state, chosen_by
+from alexnet_jax.checkpoint import (
+    CHECKPOINTS,
+    Checkpoints,
+    Trained,
+    abstract_train_state,
+    chosen_by,
+)
 from alexnet_jax.cli import add_process_arguments, command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset
 from alexnet_jax.distributed import initialize, is_primary, log
-from alexnet_jax.errors import cli
+from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
 from alexnet_jax.metric_log import MetricLog
 from alexnet_jax.parallel import replicated
-from alexnet_jax.run import build, run_epoch, say
+from alexnet_jax.run import TIMING_FIELDS, EpochProgress, build, run_epoch, say
 
 
 def train_and_evaluate(
@@ -43,22 +50,45 @@ def train_and_evaluate(
     keeps only its shard of its training images. Returns the final state with the metrics
     history (one row per epoch), as `checkpoint.load_trained` would restore it.
     """
-    # The run directory first: a problem there is reported before any data is read.
     validate(config)
     run_dir = Path(workdir) / config.dataset
-    rundir.prepare(run_dir, rundir.state_bytes(abstract_train_state(config, derive(config))))
+    # The run directory first: whatever is wrong there (another training in it, no write
+    # access, no room, a run of other settings) is reported before any data is read.
+    checkpoint_bytes = rundir.state_bytes(abstract_train_state(config, derive(config)))
+    with rundir.hold(run_dir, checkpoint_bytes):
+        checkpoints = Checkpoints(run_dir / CHECKPOINTS, keep=config.keep_checkpoints)
+        try:
+            rundir.check_settings(checkpoints, config)
+            return train(config, run_dir, checkpoints, dataset, devices)
+        finally:
+            checkpoints.close()
 
+
+def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> Trained:
+    """Build the run, resume it, then train and evaluate epoch by epoch."""
     run = build(config, dataset, devices)
-    checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.keep_checkpoints)
-    state, history = run.fresh_state(), []
+    state, history, progress = run.fresh_state(), [], None
     restored = rundir.resume(checkpoints, config, run.abstract_state(), run.mesh, report=log)
     if restored is not None:
-        latest, state, history = restored
-        state = jax.device_put(state, replicated(run.mesh))
-        log(f"resuming {run_dir} after epoch {latest}")
+        state = jax.device_put(restored.state, replicated(run.mesh))
+        history = rundir.with_timings(restored.history, written_history(run_dir), TIMING_FIELDS)
+        if restored.progress is None:
+            log(f"resuming {run_dir} after epoch {len(history)}")
+        else:
+            progress = EpochProgress.from_json(restored.progress)
+            if restored.progress["steps_per_epoch"] != run.steps_per_epoch:
+                raise UserError(
+                    f"{restored.path} stopped an epoch of {restored.progress['steps_per_epoch']} "
+                    f"steps and this run's epochs have {run.steps_per_epoch}: resume it with "
+                    "the data it was trained on"
+                )
+            log(
+                f"resuming {run_dir} in epoch {progress.epoch + 1}, after step "
+                f"{progress.steps_done} of {run.steps_per_epoch}"
+            )
     if is_primary():
-        artifacts.write_config(run_dir, config)
-        environment.record(run_dir, len(history))
+        write(checkpoints, artifacts.write_config, run_dir, config)
+        write(checkpoints, environment.record, run_dir, len(history))
     log(
         f"training {config.dataset} ({run.partitions.images_per_epoch} images per epoch, "
         f"{run.data.eval_name} {len(run.data.evaluation)}) on {run.mesh.devices.size} "
@@ -68,21 +98,44 @@ def train_and_evaluate(
     )
 
     result = None
+    unsaved = False  # the last completed epoch has no checkpoint (checkpoint_every)
+    # Each epoch's time runs from the end of the one before, so that the rows add up to the
+    # whole loop (a stopped epoch's time before the stop included).
+    mark = time.perf_counter() - (progress.train_seconds if progress else 0.0)
     metric_log = MetricLog(run_dir, config, run.steps_per_epoch, int(state.step))
     with StopRequests() as stop, metric_log:
         try:
             for epoch in range(len(history), config.num_epochs):
-                start = time.perf_counter()
-                state, row, result = run_epoch(run, state, epoch, stop, metric_log.log_steps)
+                if stop.should_stop(synchronise=True):  # asked during an evaluation or a save
+                    break
+                progress = progress or EpochProgress(epoch)
+                state, row, result = run_epoch(
+                    run, state, epoch, stop, progress, metric_log.log_steps
+                )
                 if row is None:
-                    raise stopped(stop, epoch, then=kept_checkpoint(checkpoints))
-                row["epoch_seconds"] = time.perf_counter() - start
+                    break  # stopped within the epoch: `progress` says how far it went
+                progress = None
                 history.append(row)
                 # Before the checkpoint: a run that has one has its events on disk.
                 metric_log.log_epoch(row, result, run.data.class_names)
-                checkpoints.save(epoch + 1, state, config, history)
-                if is_primary():
-                    artifacts.write_history(run_dir, history)
+                blocked = time.perf_counter()
+                # The write of the last save has long finished; a failure of it shows here.
+                checkpoints.wait()
+                last = epoch + 1 == config.num_epochs
+                unsaved = not last and (epoch + 1) % config.checkpoint_every != 0
+                if not unsaved:
+                    checkpoints.save(epoch + 1, state, config, history)
+                if last:
+                    checkpoints.wait()
+                now = time.perf_counter()
+                row["checkpoint_seconds"] = now - blocked
+                row["epoch_seconds"] = now - mark
+                row["other_seconds"] = row["epoch_seconds"] - sum(
+                    row[key] for key in ("train_seconds", "eval_seconds", "checkpoint_seconds")
+                )
+                mark = now
+                if is_primary():  # the curves with each checkpoint (artifacts.write_history)
+                    write(checkpoints, artifacts.write_history, run_dir, history, not unsaved)
                 say(
                     f"epoch {row['epoch']}/{config.num_epochs}: train loss "
                     f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
@@ -90,27 +143,74 @@ def train_and_evaluate(
                     f"{row['test_accuracy']:.4f} | {row['train_seconds']:.1f} s training "
                     f"({row['train_images_per_second']:.0f} img/s), "
                     f"{row['eval_seconds']:.1f} s evaluation"
+                    + ("" if unsaved else f", {row['checkpoint_seconds']:.1f} s checkpoint")
                 )
+            if stop.stopped and len(history) < config.num_epochs:
+                if is_primary() and unsaved:
+                    write(checkpoints, artifacts.write_history, run_dir, history)
+                raise stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
             checkpoints.wait()
             best = checkpoints.best_epoch()
         finally:
             # Whatever ends the loop, the save in flight completes (or fails loudly) first.
             checkpoints.wait()
-            checkpoints.close()
 
     if result is None:  # nothing left to train: the run was complete already
         log(f"{run_dir} is complete ({config.num_epochs} epochs); evaluating it again")
         result = run.evaluate(state)
     if is_primary():
-        artifacts.write_history(run_dir, history)
-        artifacts.write_evaluation(
-            run_dir, np.asarray(run.data.evaluation.images), result, run.data.class_names
-        )
+        write(checkpoints, artifacts.write_history, run_dir, history)
+        images, names = np.asarray(run.data.evaluation.images), run.data.class_names
+        write(checkpoints, artifacts.write_evaluation, run_dir, images, result, names)
     log(f"{run.data.eval_name} accuracy {result.accuracy:.4f}; results in {run_dir}")
     if best:  # an epoch with metrics (an imported model's epoch 0 has none)
         log(f"best checkpoint: epoch {best}, {chosen_by(history[best - 1])}")
     epoch = len(history)
     return Trained(config, state, epoch, checkpoints.directory / str(epoch), history, run.derived)
+
+
+def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved):
+    """Save what the stop would lose (the stopped epoch's steps, or a completed epoch not yet
+    checkpointed); the error that ends the run says what was kept and how to go on."""
+    checkpoints.wait()
+    config = run.config
+    if progress is not None and progress.steps_done:
+        steps = f"step {progress.steps_done} of {run.steps_per_epoch}"
+        path = checkpoints.save_partial(
+            state, config, history, progress.to_json(run.steps_per_epoch)
+        )
+        checkpoints.wait()
+        return stopped(
+            stop,
+            progress.epoch,
+            then=f"; saved its progress in {path}: re-run the same command to resume",
+            where=f"during epoch {progress.epoch + 1}, after {steps}",
+        )
+    if unsaved:
+        checkpoints.save(len(history), state, config, history)
+        checkpoints.wait()
+    return stopped(stop, len(history), kept_checkpoint(checkpoints), f"after epoch {len(history)}")
+
+
+def write(checkpoints: Checkpoints, writer, run_dir: Path, *args) -> None:
+    """Write the run's metrics or figures; a full disk ends the run with one line."""
+    try:
+        writer(run_dir, *args)
+    except OSError as e:
+        if jax.process_count() == 1:  # (the others would not wait with it)
+            checkpoints.wait()  # a save that failed on the same disk says more
+        raise UserError(
+            f"cannot write to {run_dir} ({e.strerror}): free disk space (or fix the folder) and "
+            "re-run the same command to resume"
+        ) from e
+
+
+def written_history(run_dir: Path) -> list[dict]:
+    """metrics.jsonl as it is (only its timings are taken from it)."""
+    try:
+        return artifacts.read_history(run_dir)
+    except (OSError, ValueError):
+        return []
 
 
 def kept_checkpoint(checkpoints: Checkpoints) -> str:

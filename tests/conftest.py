@@ -44,6 +44,7 @@ def tiny_config(**overrides):
         crop_padding=2,
         flip=False,
         log_every=2,
+        checkpoint_every=1,
     )
     config.update(overrides)
     return config

@@ -20,8 +20,11 @@ from conftest import ROOT
 EXPERIMENT = Path(__file__).with_name("tiny_experiment.py")
 
 
+TRAIN_SIZE = "ALEXNET_JAX_TEST_TRAIN_SIZE"  # more training images: longer epochs
+
+
 def dataset():
-    return synthetic_dataset("mnist", train_size=64, test_size=32)
+    return synthetic_dataset("mnist", train_size=int(os.environ.get(TRAIN_SIZE, 64)), test_size=32)
 
 
 def config(epochs: int):
@@ -31,12 +34,13 @@ def config(epochs: int):
     return config
 
 
-def start(workdir, epochs: int, devices: int = 1, args=()) -> subprocess.Popen:
+def start(workdir, epochs: int, devices: int = 1, args=(), train_size=64) -> subprocess.Popen:
     """Start a training process with `devices` CPU devices; its output is piped."""
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        TRAIN_SIZE: str(train_size),
     }
     command = [
         sys.executable,

@@ -1,0 +1,208 @@
+"""The run directory: one training at a time, its problems refused before the data is read, a
+disk that fills during a save, and commands reading a run in progress.
+
+Real processes (tests/train_subprocess.py), signals and, as root, a real small filesystem.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import artifacts, checkpoint, export, predict, report, train
+from alexnet_jax import eval as eval_command
+from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.data import synthetic_dataset
+from alexnet_jax.errors import UserError
+from alexnet_jax.parallel import make_mesh
+from alexnet_jax.run import TIMING_FIELDS
+from alexnet_jax.rundir import LIBRARY_LOG, LOCK, RunLock, with_timings
+
+from conftest import new_state, tiny_config
+from train_subprocess import EXPERIMENT, start
+
+TIMEOUT = 400  # seconds for any training process (a loaded 2-core machine is slow)
+
+
+class Unread:
+    """A dataset that fails the test when anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the data was read ({name}) before the run directory was checked")
+
+
+@contextlib.contextmanager
+def tmpfs(path, megabytes: int):
+    """A real filesystem of `megabytes` at `path` (a tmpfs: needs root, as CI and the dev VM)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (test_train.py injects a failure)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def finish(process) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return process.returncode, out, err
+
+
+def wait_for(condition, process, what: str):
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the training ended before {what}: {process.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    "problem", ["unwritable", "held", "no room", "other settings", "checkpoints is a file"]
+)
+def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp_path):
+    workdir, config = tmp_path, tiny_config(num_epochs=1)
+    run = workdir / "mnist"
+    expected = {
+        "unwritable": "cannot write to the run directory",
+        "held": rf"is in use by another training \(pid {os.getpid()} on host ",
+        "no room": r"only \d+ MiB free in .*, and a checkpoint needs about",
+        "other settings": r"other settings \(learning_rate: 0.5 -> 0.01\)",
+        "checkpoints is a file": "cannot open the checkpoints",
+    }[problem]
+    holder = RunLock(run / LOCK)
+    with contextlib.ExitStack() as cleanup:
+        if problem == "unwritable":
+            workdir = tmp_path / "file"
+            workdir.write_text("a file where the workdir should be")
+        elif problem == "held":
+            run.mkdir()
+            assert holder.acquire() is None  # another open file: refused as another process is
+            cleanup.callback(holder.release)
+        elif problem == "no room":
+            # A real filesystem smaller than the tiny state's checkpoint (165 MiB of arrays).
+            workdir = cleanup.enter_context(tmpfs(tmp_path / "small", 100))
+        elif problem == "other settings":
+            other = tiny_config(num_epochs=1, learning_rate=0.5)
+            saved = Checkpoints(run / "checkpoints")
+            saved.save(1, new_state(other), other, [{"epoch": 1, "test_accuracy": 0.5}])
+            saved.wait()
+            saved.close()
+        else:
+            run.mkdir()
+            (run / "checkpoints").write_text("not a folder")
+        with pytest.raises(UserError, match=expected):
+            train.train_and_evaluate(config, workdir, Unread())
+    if problem == "held":  # released: the next training may have it
+        assert RunLock(run / LOCK).acquire() is None
+
+
+def test_a_disk_that_fills_during_a_save_ends_the_run_with_one_line_naming_that_save(tmp_path):
+    # Room for one checkpoint of the tiny run (about 155 MiB once trained) but not two: the
+    # write of epoch 2's fails in Orbax's threads while epoch 3 trains.
+    with tmpfs(tmp_path / "disk", 250) as disk:
+        code, out, err = finish(start(disk, 3))
+        run = disk / "mnist"
+        assert code == 2, err
+        errors = [line for line in re.split(r"[\r\n]+", err) if "error" in line.lower()]
+        assert len(errors) == 1, err
+        assert re.search(
+            r"error: saving the checkpoint of epoch 2 in .* failed \(.*No space left on device.*"
+            r"\); epoch 1's checkpoint is intact: free disk space .* re-run the same command",
+            errors[0],
+        ), errors[0]
+        assert "Traceback" not in err and "Traceback" not in out
+        # Orbax's tracebacks went to the run's library log; its temporary folder was removed.
+        assert "No space left on device" in (run / LIBRARY_LOG).read_text()
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1"]
+        restored = Checkpoints(run / "checkpoints", read_only=True)
+        restored.restore(1, new_state(tiny_config()), make_mesh())
+        restored.close()
+
+
+def test_a_running_training_holds_its_directory_is_readable_and_stops_promptly(
+    tmp_path, cpu_devices, monkeypatch, capsys
+):
+    workdir = tmp_path / "runs"
+    run = workdir / "mnist"
+    steps = 24  # per epoch: 384 images in batches of 16
+    # Metrics fetched once an epoch, so that the calls in flight are bounded by the driver alone.
+    process = start(workdir, 20, args=["--config.log_every=1000"], train_size=16 * steps)
+    try:
+        wait_for(lambda: (run / "checkpoints" / "1").is_dir(), process, "the first checkpoint")
+
+        # A second training in the same directory: refused at once, naming the holder.
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--config", str(EXPERIMENT), "--workdir", str(workdir)], dataset=Unread())
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err
+        assert f"in use by another training (pid {process.pid} on host {socket.gethostname()}" in (
+            message
+        ), message
+
+        # The commands that use a trained model read its latest complete checkpoint.
+        trained = checkpoint.load_trained(run, mesh=make_mesh(cpu_devices[:1]))
+        assert trained.progress is None and trained.epoch >= 1
+        image = tmp_path / "digit.png"
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+        assert predict.main(["--ckpt", str(run), str(image)]) == 0
+        tiny = synthetic_dataset("mnist", train_size=64, test_size=32)
+        monkeypatch.setattr(eval_command, "load_dataset", lambda *args, **kwargs: tiny)
+        eval_command.main(["--ckpt", str(run)])
+        report.write_report(run, dataset=tiny, devices=cpu_devices[:1], out=tmp_path / "r.html")
+        export.main(["--ckpt", str(run), "--out", str(tmp_path / "export"), "--platforms", "cpu"])
+        printed = capsys.readouterr().out
+        assert len(re.findall(r"mnist, epoch \d+ of ", printed)) == 3, printed  # three commands
+        assert (tmp_path / "r.html").stat().st_size > 0
+
+        # A stop a few steps into an epoch: the calls already dispatched are at most two, so it
+        # takes effect after a few steps, not at the end of the epoch.
+        done = max(len(artifacts.read_history(run)), 1)
+        wait_for(lambda: len(artifacts.read_history(run)) > done, process, "an epoch's start")
+        step_seconds = artifacts.read_history(run)[-1]["train_seconds"] / steps
+        time.sleep(3 * step_seconds)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code, _, err = finish(process)
+        took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert code == 143, err
+    stop = re.search(r"stopped by SIGTERM during epoch (\d+), after step (\d+) of 24; saved", err)
+    assert stop, err
+    print(f"stopped {took:.1f} s after SIGTERM, {stop[2]} steps into the epoch, {step_seconds} s")
+    assert int(stop[1]) == done + 2
+    assert 1 <= int(stop[2]) <= steps // 2, err
+    stopped = checkpoint.load_trained(run, mesh=make_mesh(cpu_devices[:1]))
+    assert stopped.progress["steps_done"] == int(stop[2]) and stopped.epoch == done + 2
+    assert RunLock(run / LOCK).acquire() is None  # the lock went with the process
+
+
+def test_restored_rows_take_the_timings_written_after_their_checkpoint():
+    saved = [{"epoch": 1, "train_loss": 1.0, "train_seconds": 2.0}]
+    written = [{"epoch": 1, "train_loss": 1.0, "train_seconds": 2.0, "checkpoint_seconds": 0.3}]
+    assert with_timings(saved, written, TIMING_FIELDS) == written
+    other = [{"epoch": 1, "train_loss": 1.5, "train_seconds": 2.0, "checkpoint_seconds": 0.3}]
+    assert with_timings(saved, other, TIMING_FIELDS) == saved  # another run's row: not taken
