@@ -9,10 +9,13 @@ from alexnet_jax import data
 from alexnet_jax.data import load_dataset
 from alexnet_jax.errors import UserError
 
-# sha256 of the decoded test splits (images then uint8 labels), from ../shared/tfds/README.md.
-TEST_SPLIT_SHA256 = {
-    "mnist": "bf70cada31279c1e952492c5ac496fe89dae2242110d9e77827607cd9b2e825f",
-    "cifar10": "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa",
+# sha256 of the decoded splits (images then uint8 labels, CIFAR-10 in `id` order), from
+# ../shared/tfds/README.md.
+SPLIT_SHA256 = {
+    ("mnist", "train"): "6d82d9f18df5f5fee79d159b3563eb6adcbd1abce0c4bdf9a7010078c6e75062",
+    ("mnist", "test"): "bf70cada31279c1e952492c5ac496fe89dae2242110d9e77827607cd9b2e825f",
+    ("cifar10", "train"): "f912919bdea371136f1aa4feed6beeca728015a5f08b1899a29c932a7e30be2b",
+    ("cifar10", "test"): "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa",
 }
 
 
@@ -25,14 +28,16 @@ def split_sha256(split):
 def test_mnist_is_read_exactly(mnist):
     assert mnist.train.images.shape == (60000, 28, 28, 1)
     assert mnist.train.images.dtype == np.uint8
-    assert split_sha256(mnist.test) == TEST_SPLIT_SHA256["mnist"]
+    assert split_sha256(mnist.train) == SPLIT_SHA256["mnist", "train"]
+    assert split_sha256(mnist.test) == SPLIT_SHA256["mnist", "test"]
     assert mnist.class_names == tuple(str(i) for i in range(10))
 
 
-def test_cifar10_test_split_is_read_exactly(shared_tfds):
+def test_cifar10_is_read_exactly(shared_tfds):
     dataset = load_dataset("cifar10", str(shared_tfds), download=False)
     assert dataset.train.images.shape == (50000, 32, 32, 3)
-    assert split_sha256(dataset.test) == TEST_SPLIT_SHA256["cifar10"]
+    assert split_sha256(dataset.train) == SPLIT_SHA256["cifar10", "train"]
+    assert split_sha256(dataset.test) == SPLIT_SHA256["cifar10", "test"]
     assert list(dataset.test.labels[:10]) == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert dataset.class_names[0] == "airplane"
 
