@@ -4,10 +4,14 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alexnet_jax import data
-from alexnet_jax.data import load_dataset
+from alexnet_jax.data import load_dataset, load_training_data, training_plan
 from alexnet_jax.errors import UserError
+
+from conftest import tiny_config
 
 # sha256 of the decoded splits (images then uint8 labels, CIFAR-10 in `id` order), from
 # ../shared/tfds/README.md.
@@ -108,3 +112,49 @@ def test_class_names_in_the_spec_are_those_of_tfds(shared_tfds, name):
     # predict and export name classes from the spec, without reading the dataset.
     builder = tfds.builder(f"{name}:{data.spec(name).version}", data_dir=str(shared_tfds))
     assert data.spec(name).class_names == tuple(builder.info.features["label"].names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 400), st.integers(0, 400), st.integers(1, 4), st.data())
+def test_training_and_validation_ranges_never_overlap(size, train, held_out, processes, draw):
+    config = tiny_config(train_examples=train, validation_examples=held_out)
+    if held_out >= size:
+        with pytest.raises(UserError, match=f"validation_examples={held_out} leaves no training"):
+            training_plan(size, config, processes)
+        return
+    shards, validation = training_plan(size, config, processes)
+    # The validation images are the last `validation_examples`; training takes the first
+    # `train_examples` (all when 0) of the rest, in contiguous shards of nearly equal size.
+    stop = min(train or size, size - held_out)
+    assert validation == ((size - held_out, size) if held_out else None)
+    assert [index for a, b in shards for index in range(a, b)] == list(range(stop))
+    sizes = [b - a for a, b in shards]
+    assert len(sizes) == processes and max(sizes) - min(sizes) <= 1
+    process = draw.draw(st.integers(0, processes - 1))
+    dataset = data.synthetic_dataset("mnist", size, 1)
+    numbered = data.Dataset(
+        "mnist", data.Split(dataset.train.images, np.arange(size)), dataset.test, ()
+    )
+    part = data.training_data_from(numbered, config, process, processes)
+    assert list(part.train.labels) == list(range(*shards[process]))
+    if held_out:
+        assert part.eval_name == "validation"
+        assert list(part.evaluation.labels) == list(range(size - held_out, size))
+        assert not set(part.train.labels) & set(part.evaluation.labels)
+    else:
+        assert part.eval_name == "test" and part.evaluation is numbered.test
+
+
+def test_validation_images_are_read_from_the_end_of_the_training_split(mnist, shared_tfds):
+    config = tiny_config(
+        data_dir=str(shared_tfds), download=False, train_examples=1000, validation_examples=100
+    )
+    for process in (0, 1):
+        part = load_training_data(config, process, 2)
+        start = 500 * process
+        np.testing.assert_array_equal(part.train.images, mnist.train.images[start : start + 500])
+        np.testing.assert_array_equal(part.train.labels, mnist.train.labels[start : start + 500])
+        assert part.shard_sizes == (500, 500)
+        assert part.eval_name == "validation"
+        np.testing.assert_array_equal(part.evaluation.images, mnist.train.images[-100:])
+        np.testing.assert_array_equal(part.evaluation.labels, mnist.train.labels[-100:])
