@@ -11,6 +11,9 @@ import contextlib
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -131,10 +134,15 @@ def _quiet(*loggers: str):
             logging.getLogger(name).setLevel(level)
 
 
+class ExportMismatch(UserError):
+    """What was written does not compute what the live model computes."""
+
+
 def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str, float]:
     """Run the written formats on random images: the largest |logit difference| to the live model.
 
-    Raises when one is further than float32 rounding allows (16-bit compute: 2% of the logits).
+    Raises ExportMismatch when one is further than float32 rounding allows (16-bit compute: 2%
+    of the logits).
     """
     logits, _, weights = logits_function(trained)
     images = np.random.default_rng(0).integers(
@@ -158,11 +166,34 @@ def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str
     for name, output in outputs.items():
         differences[name] = float(np.abs(output - live).max())
         if not differences[name] <= tolerance:  # also catches NaN
-            raise RuntimeError(
+            raise ExportMismatch(
                 f"the {name} export's logits differ from the live model's by "
                 f"{differences[name]:.3g}, more than {tolerance:.3g}: please report this"
             )
     return differences
+
+
+def export_checked(
+    trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), onnx=False
+) -> tuple[dict, dict[str, float]]:
+    """`export` into a folder beside `out`, `check_export` it there, and only then move it into
+    `out`, the manifest last: an export that fails its check leaves `out` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = export(trained, staging, platforms, onnx)
+        try:
+            differences = check_export(trained, staging, onnx)
+        except ExportMismatch as e:
+            raise ExportMismatch(f"{e}; nothing was written to {out}") from e
+        out.mkdir(exist_ok=True)
+        (out / exported.MANIFEST).unlink(missing_ok=True)
+        for name in (exported.FUNCTION, exported.WEIGHTS, ONNX, exported.MANIFEST):
+            if (staging / name).exists():
+                os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, differences
 
 
 @cli
@@ -186,8 +217,7 @@ def main(argv=None):
         raise UserError(f"--out {out} is a file: pass a folder")
 
     trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
-    manifest = export(trained, out, platforms, args.onnx)
-    differences = check_export(trained, out, args.onnx)
+    manifest, differences = export_checked(trained, out, platforms, args.onnx)
 
     shape = "x".join(map(str, manifest["input"]["shape"][1:]))
     print(f"exported {trained.config.dataset}, {checkpoint.describe(trained, args.best)}")

@@ -115,11 +115,13 @@ def cpu_devices():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cpu_devices) -> Path:
-    """A run dir of one epoch of `tiny_config` on synthetic MNIST, for the tests that use a
-    trained model (predict, export, report). Read it only; copy it to change it."""
+    """A run dir of one epoch of `tiny_config` on synthetic MNIST, with a moving average of the
+    weights, for the tests that use a trained model (predict, export, report). Read it only;
+    copy it to change it."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
-    train.train_and_evaluate(tiny_config(num_epochs=1), workdir, dataset, cpu_devices[:2])
+    config = tiny_config(num_epochs=1, ema_decay=0.9)
+    train.train_and_evaluate(config, workdir, dataset, cpu_devices[:2])
     return workdir / "mnist"
 
 

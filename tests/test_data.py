@@ -4,15 +4,22 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alexnet_jax import data, prepare
-from alexnet_jax.data import load_dataset
+from alexnet_jax.data import load_dataset, load_training_data, training_plan
 from alexnet_jax.errors import UserError
 
-# sha256 of the decoded test splits (images then uint8 labels), from ../shared/tfds/README.md.
-TEST_SPLIT_SHA256 = {
-    "mnist": "bf70cada31279c1e952492c5ac496fe89dae2242110d9e77827607cd9b2e825f",
-    "cifar10": "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa",
+from conftest import tiny_config
+
+# sha256 of the decoded splits (images then uint8 labels, CIFAR-10 in `id` order), from
+# ../shared/tfds/README.md.
+SPLIT_SHA256 = {
+    ("mnist", "train"): "6d82d9f18df5f5fee79d159b3563eb6adcbd1abce0c4bdf9a7010078c6e75062",
+    ("mnist", "test"): "bf70cada31279c1e952492c5ac496fe89dae2242110d9e77827607cd9b2e825f",
+    ("cifar10", "train"): "f912919bdea371136f1aa4feed6beeca728015a5f08b1899a29c932a7e30be2b",
+    ("cifar10", "test"): "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa",
 }
 
 
@@ -25,14 +32,16 @@ def split_sha256(split):
 def test_mnist_is_read_exactly(mnist):
     assert mnist.train.images.shape == (60000, 28, 28, 1)
     assert mnist.train.images.dtype == np.uint8
-    assert split_sha256(mnist.test) == TEST_SPLIT_SHA256["mnist"]
+    assert split_sha256(mnist.train) == SPLIT_SHA256["mnist", "train"]
+    assert split_sha256(mnist.test) == SPLIT_SHA256["mnist", "test"]
     assert mnist.class_names == tuple(str(i) for i in range(10))
 
 
-def test_cifar10_test_split_is_read_exactly(shared_tfds):
+def test_cifar10_is_read_exactly(shared_tfds):
     dataset = load_dataset("cifar10", str(shared_tfds), download=False)
     assert dataset.train.images.shape == (50000, 32, 32, 3)
-    assert split_sha256(dataset.test) == TEST_SPLIT_SHA256["cifar10"]
+    assert split_sha256(dataset.train) == SPLIT_SHA256["cifar10", "train"]
+    assert split_sha256(dataset.test) == SPLIT_SHA256["cifar10", "test"]
     assert list(dataset.test.labels[:10]) == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert dataset.class_names[0] == "airplane"
 
@@ -104,3 +113,49 @@ def test_class_names_in_the_spec_are_those_of_tfds(shared_tfds, name):
     # predict and export name classes from the spec, without reading the dataset.
     builder = tfds.builder(f"{name}:{data.spec(name).version}", data_dir=str(shared_tfds))
     assert data.spec(name).class_names == tuple(builder.info.features["label"].names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 400), st.integers(0, 400), st.integers(1, 4), st.data())
+def test_training_and_validation_ranges_never_overlap(size, train, held_out, processes, draw):
+    config = tiny_config(train_examples=train, validation_examples=held_out)
+    if held_out >= size:
+        with pytest.raises(UserError, match=f"validation_examples={held_out} leaves no training"):
+            training_plan(size, config, processes)
+        return
+    shards, validation = training_plan(size, config, processes)
+    # The validation images are the last `validation_examples`; training takes the first
+    # `train_examples` (all when 0) of the rest, in contiguous shards of nearly equal size.
+    stop = min(train or size, size - held_out)
+    assert validation == ((size - held_out, size) if held_out else None)
+    assert [index for a, b in shards for index in range(a, b)] == list(range(stop))
+    sizes = [b - a for a, b in shards]
+    assert len(sizes) == processes and max(sizes) - min(sizes) <= 1
+    process = draw.draw(st.integers(0, processes - 1))
+    dataset = data.synthetic_dataset("mnist", size, 1)
+    numbered = data.Dataset(
+        "mnist", data.Split(dataset.train.images, np.arange(size)), dataset.test, ()
+    )
+    part = data.training_data_from(numbered, config, process, processes)
+    assert list(part.train.labels) == list(range(*shards[process]))
+    if held_out:
+        assert part.eval_name == "validation"
+        assert list(part.evaluation.labels) == list(range(size - held_out, size))
+        assert not set(part.train.labels) & set(part.evaluation.labels)
+    else:
+        assert part.eval_name == "test" and part.evaluation is numbered.test
+
+
+def test_validation_images_are_read_from_the_end_of_the_training_split(mnist, shared_tfds):
+    config = tiny_config(
+        data_dir=str(shared_tfds), download=False, train_examples=1000, validation_examples=100
+    )
+    for process in (0, 1):
+        part = load_training_data(config, process, 2)
+        start = 500 * process
+        np.testing.assert_array_equal(part.train.images, mnist.train.images[start : start + 500])
+        np.testing.assert_array_equal(part.train.labels, mnist.train.labels[start : start + 500])
+        assert part.shard_sizes == (500, 500)
+        assert part.eval_name == "validation"
+        np.testing.assert_array_equal(part.evaluation.images, mnist.train.images[-100:])
+        np.testing.assert_array_equal(part.evaluation.labels, mnist.train.labels[-100:])

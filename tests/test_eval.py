@@ -1,3 +1,4 @@
+import functools
 import json
 
 import jax
@@ -8,6 +9,7 @@ from alexnet_jax import eval as eval_cli
 from alexnet_jax import evaluation, train
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.config import derive
+from alexnet_jax.data import Split
 from alexnet_jax.parallel import make_mesh, replicated
 
 from conftest import new_state, tiny_config
@@ -100,3 +102,30 @@ def test_eval_cli_on_a_damaged_checkpoint_names_it(
     err = capsys.readouterr().err
     assert "checkpoints/1 is unreadable: its history differs from what was saved" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_flip_averages_each_image_with_its_mirror(tiny_dataset, cpu_devices):
+    config = tiny_config(eval_flip=True, eval_batch_size=16)
+    derived = derive(config)
+    mesh = make_mesh(cpu_devices[:2])
+    # A fresh model's probabilities are all near 1/10; with its last layer scaled up they are
+    # far apart, and those of an image and of its mirror differ.
+    state = new_state(config)
+    last = state.params["dense_2"]
+    params = {**state.params, "dense_2": {**last, "kernel": last["kernel"] * 300}}
+    state = jax.device_put(state.replace(params=params), replicated(mesh))
+    images = tiny_dataset.test.images.copy()
+    images[:, :, :9] = 255  # a bright left edge
+    labels = tiny_dataset.test.labels
+    options = {**evaluation.inference_options(config, derived), "flip": False}
+    plain = jax.jit(functools.partial(evaluation.class_probabilities, **options))
+    as_is, mirrored = np.asarray(plain(state, images)), np.asarray(plain(state, images[:, :, ::-1]))
+    assert np.abs(as_is - mirrored).max() > 0.1  # the model is not mirror-symmetric
+    averaged = (as_is + mirrored) / 2
+    expected_loss = float(np.mean(-np.log(averaged[np.arange(len(labels)), labels])))
+
+    split = evaluation.DeviceSplit(Split(images, labels), config.eval_batch_size, mesh)
+    result = evaluation.evaluate(state, split, evaluation.make_evaluator(config, derived, mesh), 10)
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    plain_loss = float(np.mean(-np.log(as_is[np.arange(len(labels)), labels])))
+    assert result.loss != pytest.approx(plain_loss, rel=1e-2)

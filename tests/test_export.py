@@ -27,12 +27,14 @@ def export_dir(trained, tmp_path_factory):
     return out
 
 
-def live_logits(trained, images):
-    """The model's logits, straight from the Flax module."""
+def live_logits(trained, images, average=True):
+    """The model's logits, straight from the Flax module: with the run's moving average of the
+    weights (the tiny run keeps one), or with the trained weights themselves."""
     mnist = spec("mnist")
     x = preprocess.to_model_input(images, trained.config.image_size, mnist.mean, mnist.std)
-    variables = {"params": trained.state.params, "batch_stats": trained.state.batch_stats}
-    return np.asarray(trained.state.apply_fn(variables, x, train=False))
+    state = trained.state
+    variables = state.ema if average else {"params": state.params, "batch_stats": state.batch_stats}
+    return np.asarray(state.apply_fn(variables, x, train=False))
 
 
 def random_images(count, seed=0):
@@ -45,6 +47,42 @@ def test_exported_function_gives_the_live_models_logits(trained, export_dir, bat
     logits = exported.load(export_dir)(images)
     assert logits.shape == (batch, 10) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, live_logits(trained, images), rtol=RTOL, atol=ATOL)
+
+
+def test_the_export_computes_the_moving_average(trained, export_dir):
+    assert trained.state.ema is not None
+    images = random_images(4, seed=3)
+    logits = exported.load(export_dir)(images)
+    np.testing.assert_allclose(logits, live_logits(trained, images), rtol=RTOL, atol=ATOL)
+    trained_weights = live_logits(trained, images, average=False)
+    assert np.abs(logits - trained_weights).max() > 1e-3  # the average is not the weights
+    with np.load(export_dir / exported.WEIGHTS, allow_pickle=False) as weights:
+        np.testing.assert_array_equal(
+            weights["params/dense_2/kernel"], trained.state.ema["params"]["dense_2"]["kernel"]
+        )
+
+
+def test_export_refuses_to_write_what_fails_its_check(tiny_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exported"
+    out.mkdir()
+    previous = {exported.MANIFEST: b'{"an earlier": "export"}', exported.WEIGHTS: b"earlier"}
+    for name, content in previous.items():
+        (out / name).write_bytes(content)
+    savez = np.savez
+
+    def altered(path, **arrays):  # the weights written are not the live model's
+        arrays["params/dense_2/bias"] = arrays["params/dense_2/bias"] + 1
+        savez(path, **arrays)
+
+    monkeypatch.setattr(np, "savez", altered)
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--ckpt", str(tiny_run), "--out", str(out), "--platforms", "cpu"])
+    assert exit_info.value.code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no folder left beside it
+    err = capsys.readouterr().err
+    assert "the jax export's logits differ from the live model's by" in err
+    assert f"nothing was written to {out}" in err and len(err.strip().splitlines()) == 1
 
 
 def test_manifest_describes_the_input_and_the_classes(export_dir):

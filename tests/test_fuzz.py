@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from alexnet_jax import data
@@ -29,6 +29,23 @@ value_texts = st.one_of(
 )
 field_names = st.one_of(st.sampled_from(FIELDS), st.text(min_size=1, max_size=12))
 
+
+def typed_texts(key: str):
+    """Texts of the field's own type, mostly in range, so that accepted configs are common."""
+    kind = default_config().get_type(key)
+    if kind is bool:
+        return st.sampled_from(["true", "false", "True", "NO", "yes", "1", "0"])
+    if kind is int:
+        return st.integers(0, 300).map(str)
+    if kind is float:
+        return st.floats(0, 1, exclude_max=True).map(repr)
+    return st.sampled_from(CHOICES[key]) if key in CHOICES else st.text(max_size=12)
+
+
+# A pair of anything, or (twice as often) a known field with a value of its type.
+typed_pairs = st.sampled_from(FIELDS).flatmap(lambda key: st.tuples(st.just(key), typed_texts(key)))
+overrides = st.one_of(st.tuples(field_names, value_texts), typed_pairs, typed_pairs)
+
 LOWER_BOUNDS = {
     "batch_size": 1,
     "eval_batch_size": 1,
@@ -38,8 +55,26 @@ LOWER_BOUNDS = {
 UNIT_INTERVAL = ("label_smoothing", "dropout_rate", "momentum")
 
 
+def other_valid_text(key: str) -> str:
+    """A valid value for the field that is not its default, as command-line text."""
+    default, kind = default_config()[key], default_config().get_type(key)
+    if kind is bool:
+        return "no" if default else "yes"
+    if key in CHOICES:
+        return next(choice for choice in CHOICES[key] if choice != default)
+    if kind is int:
+        return str(default + 1)
+    if kind is float:
+        return repr(default / 2 if default else 0.25)
+    return "/data/tfds"  # data_dir
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(field_names, value_texts), max_size=4))
+@given(st.lists(overrides, max_size=4))
+# Every field at once, so that each one's final value is checked on every run; and a field
+# given twice (the last one holds).
+@example([(key, other_valid_text(key)) for key in FIELDS])
+@example([("batch_size", "7"), ("learning_rate", "0.5"), ("batch_size", "8")])
 def test_config_overrides_are_applied_correctly_or_refused(pairs):
     config = default_config()
     overrides = [f"{key}={value}" for key, value in pairs]
@@ -64,10 +99,23 @@ def test_config_overrides_are_applied_correctly_or_refused(pairs):
             assert np.isfinite(config[key]), key
     for key, choices in CHOICES.items():
         assert config[key] in choices
-    # The last override of each known field is what the config holds.
-    for key, value in dict(pairs).items():
-        if key in ("flip", "nesterov", "download", "eval_flip"):
-            assert config[key] == (value.lower() in ("true", "1", "yes"))
+    # The last override of each field is what the config holds, parsed by the field's type;
+    # every other field keeps its default.
+    overridden = dict(pairs)
+    for key in FIELDS:
+        if key in overridden:
+            expected = parsed(key, overridden[key])
+            assert config[key] == expected and type(config[key]) is type(expected), key
+        else:
+            assert config[key] == defaults[key], key
+
+
+def parsed(key: str, text: str):
+    """The value `--config.KEY=TEXT` stands for, by the type of the field's default."""
+    kind = default_config().get_type(key)
+    if kind is bool:
+        return text.lower() in ("true", "1", "yes")
+    return kind(text)  # int, float or str (data_dir, whose default is None, is a str)
 
 
 @pytest.fixture(scope="module")

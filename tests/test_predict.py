@@ -224,3 +224,14 @@ def test_the_exif_orientation_is_applied(tmp_path):
         "resized 10x20 to 32x32 (aspect ratio not kept)",
     ]
     assert image[:4].mean() > 200 and image[-4:].mean() < 50  # the left edge is now the top
+
+
+def test_prediction_uses_the_moving_average(trained):
+    assert trained.state.ema is not None  # the tiny run keeps one
+    images = np.random.default_rng(3).integers(0, 256, (4, *MNIST_SHAPE), np.uint8)
+    probabilities = predict.make_classifier(trained, max_batch=4)(images)
+    options = evaluation.inference_options(trained.config, trained.derived)
+    averaged = evaluation.class_probabilities(trained.state, images, **options)
+    as_trained = evaluation.class_probabilities(trained.state.replace(ema=None), images, **options)
+    np.testing.assert_allclose(probabilities, averaged, rtol=1e-5, atol=1e-7)
+    assert np.abs(probabilities - as_trained).max() > 1e-4

@@ -10,7 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alexnet_jax import artifacts, rundir, train
 from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.data import Split
 from alexnet_jax.errors import UserError
+from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.interrupt import StopRequests
 from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import make_mesh
@@ -56,11 +58,33 @@ def test_batch_must_divide_by_device_count(tiny_dataset, cpu_devices, tmp_path):
         train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
 
 
-def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices, tmp_path):
-    config = tiny_config(num_epochs=3, learning_rate=0.02)
-    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2]).history
+def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices, tmp_path, capsys):
+    # With a validation split: the last 16 of the 64 training images are held out.
+    config = tiny_config(num_epochs=3, learning_rate=0.02, validation_examples=16)
+    trained = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
+    history = trained.history
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # Evaluated under the name "validation", on the held-out images and those alone: they give
+    # the figures of the last epoch again.
+    assert [row["eval_split"] for row in history] == ["validation"] * 3
+    assert "| validation loss" in capsys.readouterr().out
+    held_out = Split(tiny_dataset.train.images[48:], tiny_dataset.train.labels[48:])
+    mesh = make_mesh(cpu_devices[:2])
+    result = evaluate(
+        trained.state,
+        DeviceSplit(held_out, config.eval_batch_size, mesh),
+        make_evaluator(config, trained.derived, mesh),
+        trained.derived.num_classes,
+    )
+    assert result.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)
+    assert result.accuracy == history[-1]["test_accuracy"]
+    # Never trained on: the devices hold exactly the first 48 images for training.
+    partitions = build(config, tiny_dataset, cpu_devices[:2]).partitions
+    on_devices = np.asarray(partitions.images).reshape(-1, *held_out.images.shape[1:])
+    assert sorted(image.tobytes() for image in on_devices) == sorted(
+        image.tobytes() for image in tiny_dataset.train.images[:48]
+    )
     run = tmp_path / "mnist"
     assert artifacts.read_history(run) == history
     for name in ("mnist_loss.png", "mnist.png", "mnist_confusion.png", "config.json"):
