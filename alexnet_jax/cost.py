@@ -1,5 +1,10 @@
 """What a training run will take, said once its first steps after compilation are timed."""
 
+import time
+from collections.abc import Callable
+
+import jax
+
 # A run on the CPU at least this long (seconds) gets the advice too, whatever its image size.
 LONG_ON_A_CPU = 3600
 SEED_IMAGE_SIZE = 224  # the seed model's input: far too slow for a CPU to train in a day
@@ -62,3 +67,32 @@ def duration(seconds: float) -> str:
     if hours < 48:
         return f"{hours:.0f} h"
     return f"{hours:.0f} h ({hours / 24:.1f} days)"
+
+
+class FirstCallsTimer:
+    """Times the first call to the devices after the compiling one, once per process.
+
+    `run.drive` tells it when each call is dispatched and hands it the call's metrics. It waits
+    for the first call (compilation included) to finish, times the second from its dispatch to
+    its result, and hands `report` the seconds per step; then it is done and waits for nothing.
+    It carries over between epochs, so that an epoch of a single call still gets its estimate
+    from the next epoch's first call (the evaluation in between is not timed).
+    """
+
+    def __init__(self, report: Callable[[float], None]):
+        self.report = report
+        self.calls = 0
+        self.started = 0.0
+        self.done = False
+
+    def dispatching(self) -> None:
+        self.started = time.perf_counter()
+
+    def dispatched(self, metrics: dict, steps: int) -> None:
+        if self.done:
+            return
+        jax.block_until_ready(metrics)
+        self.calls += 1
+        if self.calls == 2:
+            self.done = True
+            self.report((time.perf_counter() - self.started) / steps)

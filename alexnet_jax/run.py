@@ -162,16 +162,17 @@ def run_epoch(
     stop: StopRequests,
     progress: EpochProgress | None = None,
     on_log=None,
+    timer=None,
 ):
     """Train epoch `epoch` (0-based), then evaluate: (state, the epoch's row, the evaluation).
 
     The row and the evaluation are None when a stop was requested: the epoch is then incomplete
     and not evaluated. `progress`, when given, is where the epoch goes on from (a stopped one)
-    and is brought up to where it stopped. `on_log` receives the step metrics (see `drive`).
+    and is brought up to where it stopped. `on_log` and `timer`: see `drive`.
     """
     progress = progress or EpochProgress(epoch)
     start = time.perf_counter()
-    state, totals = train_epoch(run, state, epoch, stop, progress, on_log)
+    state, totals = train_epoch(run, state, epoch, stop, progress, on_log, timer)
     jax.block_until_ready(state)
     trained = time.perf_counter()
     progress.totals = totals
@@ -204,6 +205,7 @@ def train_epoch(
     stop: StopRequests,
     progress: EpochProgress | None = None,
     on_log=None,
+    timer=None,
 ):
     """Train one epoch (from `progress`, if given); returns the state and the summed metrics of
     its finite steps.
@@ -217,7 +219,9 @@ def train_epoch(
     calls = run.calls.epoch(orders, start)
     steps = run.steps_per_epoch - start
     totals = progress.totals if progress else None
-    return drive(state, calls, steps, run.calls.dispatch, epoch, config, stop, totals, on_log)
+    return drive(
+        state, calls, steps, run.calls.dispatch, epoch, config, stop, totals, on_log, timer
+    )
 
 
 def drive(
@@ -230,6 +234,7 @@ def drive(
     stop: StopRequests,
     totals=None,
     on_log=None,
+    timer=None,
 ):
     """Run an epoch's `calls` by `dispatch(state, call) -> (state, metrics)`, with the progress
     bar; returns the state and the summed metrics of the finite steps (added to `totals`, the
@@ -238,7 +243,8 @@ def drive(
     A call runs one step or several; its metrics are stacked, a row per step. They are fetched
     every `config.log_every` steps, which is when the progress bar moves and `on_log(steps,
     seconds)` gets the finite steps fetched, as (1-based global step, metrics) pairs, and the
-    seconds since the previous fetch.
+    seconds since the previous fetch. `timer` (a `cost.FirstCallsTimer`) is told of each call
+    until it has timed one after compilation.
     """
     totals = dict(totals or {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0})
     first_step = int(state.step)
@@ -290,7 +296,11 @@ def drive(
         interval_start = now
 
     for call in calls:
+        if timer is not None:
+            timer.dispatching()
         state, metrics = dispatch(state, call)
+        if timer is not None:
+            timer.dispatched(metrics, len(metrics["nonfinite"]))
         pending.append(metrics)
         pending_steps += len(metrics["nonfinite"])
         in_flight.append(metrics)

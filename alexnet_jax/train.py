@@ -29,6 +29,7 @@ from alexnet_jax.checkpoint import (
 )
 from alexnet_jax.cli import add_process_arguments, command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
+from alexnet_jax.cost import FirstCallsTimer, cost_line
 from alexnet_jax.data import Dataset
 from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import UserError, cli
@@ -102,6 +103,15 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
     # Each epoch's time runs from the end of the one before, so that the rows add up to the
     # whole loop (a stopped epoch's time before the stop included).
     mark = time.perf_counter() - (progress.train_seconds if progress else 0.0)
+    # The first call after compilation is timed for the line that says what the run will take.
+    epochs_left = config.num_epochs - len(history)
+    timer = FirstCallsTimer(
+        lambda seconds: say(
+            cost_line(
+                jax.default_backend(), config.image_size, seconds, run.steps_per_epoch, epochs_left
+            )
+        )
+    )
     metric_log = MetricLog(run_dir, config, run.steps_per_epoch, int(state.step))
     with StopRequests() as stop, metric_log:
         try:
@@ -110,7 +120,7 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                     break
                 progress = progress or EpochProgress(epoch)
                 state, row, result = run_epoch(
-                    run, state, epoch, stop, progress, metric_log.log_steps
+                    run, state, epoch, stop, progress, metric_log.log_steps, timer
                 )
                 if row is None:
                     break  # stopped within the epoch: `progress` says how far it went

@@ -131,8 +131,8 @@ def train_until_interrupted(config, workdir, dataset, devices, epochs: int, monk
 
     write_history = artifacts.write_history
 
-    def interrupt(run_dir, history):
-        write_history(run_dir, history)
+    def interrupt(run_dir, history, *figures):
+        write_history(run_dir, history, *figures)
         if len(history) == epochs:
             raise KeyboardInterrupt
 

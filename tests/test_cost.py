@@ -1,6 +1,8 @@
+import numpy as np
 import pytest
 
-from alexnet_jax.cost import cost_line, duration
+from alexnet_jax import cost
+from alexnet_jax.cost import FirstCallsTimer, cost_line, duration
 
 
 def test_the_seed_model_on_a_cpu_says_so_with_the_way_out():
@@ -49,3 +51,19 @@ def test_durations_read_as_a_person_says_them(seconds, text):
 def test_nonsense_inputs_are_refused(args):
     with pytest.raises(ValueError):
         cost_line("cpu", 224, *args)
+
+
+def test_the_timer_reports_once_the_first_call_after_the_compiling_one(monkeypatch):
+    clock = iter([10.0, 40.0, 41.0, 99.0])  # dispatch times; the first call compiles for 30 s
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: next(clock))
+    reports = []
+    timer = FirstCallsTimer(reports.append)
+    timer.dispatching()  # 10.0
+    timer.dispatched({"loss": np.zeros(4)}, 4)
+    assert reports == []  # the compiling call is not timed
+    timer.dispatching()  # 40.0
+    timer.dispatched({"loss": np.zeros(4)}, 4)  # done at 41.0: 1 s for 4 steps
+    assert reports == [0.25]
+    timer.dispatching()  # 99.0, never read again
+    timer.dispatched({"loss": np.zeros(4)}, 4)
+    assert reports == [0.25] and timer.done

@@ -1,4 +1,5 @@
 import errno
+import re
 import shutil
 
 import jax
@@ -68,7 +69,15 @@ def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices
     # Evaluated under the name "validation", on the held-out images and those alone: they give
     # the figures of the last epoch again.
     assert [row["eval_split"] for row in history] == ["validation"] * 3
-    assert "| validation loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| validation loss" in out
+    # Once, from the first call after compilation: 3 steps an epoch, 3 epochs to go.
+    (estimate,) = [line for line in out.splitlines() if "estimate" in line]
+    assert re.fullmatch(
+        r"estimate on the CPU: [\d.]+ m?s a step: about \d+ s an epoch and \d+ s for 3 "
+        r"epochs",
+        estimate,
+    ), estimate
     held_out = Split(tiny_dataset.train.images[48:], tiny_dataset.train.labels[48:])
     mesh = make_mesh(cpu_devices[:2])
     result = evaluate(
