@@ -19,7 +19,7 @@ from pathlib import Path
 
 from alexnet_jax import artifacts, checkpoint
 from alexnet_jax.cli import command_parser, config_from_command_line
-from alexnet_jax.config import validate
+from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator, result_json, views
@@ -51,6 +51,14 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
     source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
     mesh = make_mesh()
+    derived = derive(config)
+    # The test split placed once, and one evaluator per set of views, compiled once for all seeds.
+    split = DeviceSplit(source.test, config.eval_batch_size, mesh)
+    evaluators = {}
+    for name, (flip, shift) in view_sets(config).items():
+        viewed = config.copy_and_resolve_references()
+        viewed.eval_flip, viewed.eval_shift = flip, shift
+        evaluators[name] = make_evaluator(viewed, derived, mesh)
     runs = []
     for seed in seeds:
         seeded = config.copy_and_resolve_references()
@@ -60,10 +68,7 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         trained = checkpoint.load_trained(run_dir, mesh=mesh)
         evaluations = {}
         for name, (flip, shift) in view_sets(config).items():
-            seeded.eval_flip, seeded.eval_shift = flip, shift
-            split = DeviceSplit(source.test, seeded.eval_batch_size, mesh)
-            evaluator = make_evaluator(seeded, trained.derived, mesh)
-            result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
+            result = evaluate(trained.state, split, evaluators[name], derived.num_classes)
             evaluations[name] = result
             if results:
                 payload = result_json(

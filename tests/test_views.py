@@ -1,6 +1,5 @@
 """Test-time views: evaluation, predict and export average the same ones."""
 
-import functools
 import json
 
 import jax
@@ -11,6 +10,7 @@ from alexnet_jax import checkpoint, evaluation, export, exported, predict, prepr
 from alexnet_jax import eval as eval_cli
 from alexnet_jax.data import Split
 from alexnet_jax.parallel import make_mesh
+from alexnet_jax.state import inference_variables
 
 
 def test_the_views_are_each_shift_and_its_mirror():
@@ -45,49 +45,35 @@ def trained_with_views(tiny_run, cpu_devices):
 def test_evaluation_predict_and_export_average_the_same_views(trained_with_views, tmp_path):
     trained = trained_with_views
     images = np.random.default_rng(1).integers(0, 256, (8, 28, 28, 1)).astype(np.uint8)
-    options = evaluation.inference_options(trained.config, trained.derived)
-    probabilities = np.asarray(
-        jax.jit(functools.partial(evaluation.class_probabilities, **options))(trained.state, images)
-    )
+    # predict: evaluation's class_probabilities with the run's options.
+    probabilities = predict.make_classifier(trained, 8)(images)
     assert probabilities.shape == (8, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
 
-    # By hand: the flip average of each shifted image, averaged over the five shifts.
-    flip_only = jax.jit(
-        functools.partial(evaluation.class_probabilities, **{**options, "shift": 0})
+    # By hand, from the model itself: each shifted source image resized, then it and its mirror.
+    derived, variables = trained.derived, inference_variables(trained.state)
+    model_probabilities = jax.jit(
+        lambda x: jax.nn.softmax(trained.state.apply_fn(variables, x, train=False))
     )
-    by_hand = np.mean(
-        [
-            flip_only(trained.state, preprocess.shifted(images, dy, dx))
-            for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
-        ],
-        axis=0,
-    )
-    np.testing.assert_allclose(probabilities, by_hand, rtol=1e-5, atol=1e-7)
+    by_hand = []
+    for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+        x = preprocess.to_model_input(
+            preprocess.shifted(images, dy, dx),
+            trained.config.image_size,
+            derived.mean,
+            derived.std,
+            derived.dtype,
+        )
+        by_hand += [model_probabilities(x), model_probabilities(x[:, :, ::-1])]
+    np.testing.assert_allclose(probabilities, np.mean(by_hand, axis=0), rtol=1e-5, atol=1e-7)
     # The views change the answer (the test would pass for a single view otherwise).
-    single = np.asarray(
-        jax.jit(
-            functools.partial(
-                evaluation.class_probabilities, **{**options, "flip": False, "shift": 0}
-            )
-        )(trained.state, images)
-    )
-    assert not np.allclose(single, probabilities, rtol=1e-3)
-
-    # predict: the same function with the run's options.
-    np.testing.assert_allclose(
-        predict.make_classifier(trained, 8)(images), probabilities, rtol=1e-5, atol=1e-7
-    )
+    assert not np.allclose(by_hand[0], probabilities, rtol=1e-3)
 
     # The evaluator (eval, report, seeds and training's evaluation): the same predictions.
     mesh = make_mesh(jax.devices()[:1])
     split = evaluation.DeviceSplit(Split(images, np.zeros(8, np.int32)), 8, mesh)
-    result = evaluation.evaluate(
-        trained.state,
-        split,
-        evaluation.make_evaluator(trained.config, trained.derived, mesh),
-        10,
-    )
+    evaluator = evaluation.make_evaluator(trained.config, derived, mesh)
+    result = evaluation.evaluate(trained.state, split, evaluator, 10)
     np.testing.assert_array_equal(result.predictions, probabilities.argmax(axis=1))
 
     # export: logits whose softmax is the views' mean probability, and a manifest naming them.
