@@ -50,24 +50,45 @@ def random_batch(n=64, size=12, channels=3, seed=1):
     return jnp.asarray(images), jnp.asarray(labels)
 
 
-def test_mixup_blends_each_image_and_its_target_by_lam():
-    images, _ = random_batch()
-    partners = images[::-1]
-    # Own labels 0-4, partners' 5-9: lam is the target's weight on the own label.
-    labels, partner_labels = jnp.arange(64) % 5, 5 + jnp.arange(64) % 5
-    only_mixup = mixing.Mixing(mixup_alpha=0.4)
-    mixed, targets = mix_pairs(images, labels, partners, partner_labels, keys(64), only_mixup, 10)
+def test_each_example_is_blended_pasted_or_left_as_drawn_with_targets_in_proportion():
+    n, size = 600, 12
+    rng = np.random.default_rng(1)
+    # Own pixels below 100, the partners' above 150: a pasted pixel is told from a blended one.
+    images = jnp.asarray(rng.integers(0, 100, (n, size, size, 1)), jnp.uint8)
+    partners = jnp.asarray(rng.integers(150, 256, (n, size, size, 1)), jnp.uint8)
+    # Own labels 0-4, partners' 5-9: the target's weight on the own label is the share kept.
+    labels, partner_labels = jnp.arange(n) % 5, 5 + jnp.arange(n) % 5
+    mixed, targets = mix_pairs(images, labels, partners, partner_labels, keys(n), BOTH, 10)
     assert mixed.shape == images.shape and mixed.dtype == jnp.float32
-    assert targets.shape == (64, 10) and targets.dtype == jnp.float32
-    targets = np.asarray(targets)
-    lam = targets[np.arange(64), np.asarray(labels)]
-    np.testing.assert_allclose(targets[np.arange(64), np.asarray(partner_labels)], 1 - lam)
+    assert targets.shape == (n, 10) and targets.dtype == jnp.float32
+    d = jax.device_get(draws(keys(n), BOTH))
+    mixed, targets = np.asarray(mixed)[..., 0], np.asarray(targets)
+    own, partner = np.asarray(images, np.float32)[..., 0], np.asarray(partners, np.float32)[..., 0]
+    kept = targets[np.arange(n), np.asarray(labels)]
+    np.testing.assert_allclose(targets[np.arange(n), np.asarray(partner_labels)], 1 - kept)
     np.testing.assert_allclose(targets.sum(axis=1), 1, rtol=1e-6)
-    assert np.all(lam < 1) and np.ptp(lam) > 0.5  # every example mixed, by various amounts
-    expected = lam[:, None, None, None] * np.asarray(images, np.float32) + (
-        1 - lam[:, None, None, None]
-    ) * np.asarray(partners, np.float32)
-    np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-4)
+    pasted_shares = []
+    for i in range(n):
+        if d["kind"][i] == mixing.NEITHER:
+            np.testing.assert_array_equal(mixed[i], own[i])
+            assert kept[i] == 1
+        elif d["kind"][i] == mixing.MIXUP:
+            assert kept[i] == pytest.approx(d["lam"][i], rel=1e-6)
+            blend = d["lam"][i] * own[i] + (1 - d["lam"][i]) * partner[i]
+            np.testing.assert_allclose(mixed[i], blend, rtol=1e-6, atol=1e-4)
+        else:
+            pasted = mixed[i] >= 150
+            np.testing.assert_array_equal(mixed[i][pasted], partner[i][pasted])
+            np.testing.assert_array_equal(mixed[i][~pasted], own[i][~pasted])
+            # The partner's share of the target is the share of pixels pasted from it.
+            assert 1 - kept[i] == pytest.approx(pasted.mean(), abs=1e-6)
+            if pasted.any():
+                rows, cols = np.nonzero(pasted)
+                assert pasted.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # one rectangle
+            pasted_shares.append(pasted.mean())
+    # Beta(1, 1) boxes cover 1 - E[lam] = 1/2 on average; clipping at the edges only shrinks
+    # them.
+    assert 0.2 < np.mean(pasted_shares) < 0.5
 
 
 def test_a_cutmix_box_has_the_side_that_leaves_lam_of_the_image_and_is_clipped_at_edges():

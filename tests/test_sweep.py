@@ -17,11 +17,11 @@ def test_a_sweep_trains_a_variant_on_the_validation_split_and_writes_the_table(
     # A dataset without its test split: a sweep that read it would fail.
     training_only = sweep.Dataset("mnist", tiny_dataset.train, None, tiny_dataset.class_names)
     table = sweep.run_sweep(
-        base, {"mixup": {"mixup_alpha": 0.4}}, tmp_path, training_only, cpu_devices, "tiny"
+        base, {"slower": {"learning_rate": 0.005}}, tmp_path, training_only, cpu_devices, "tiny"
     )
 
     (row,) = table["variants"]
-    assert row["name"] == "mixup" and row["changes"] == {"mixup_alpha": 0.4}
+    assert row["name"] == "slower" and row["changes"] == {"learning_rate": 0.005}
     assert row["epochs"] == 2 and len(row["validation_accuracy_per_epoch"]) == 2
     assert row["validation_accuracy"] == row["validation_accuracy_per_epoch"][-1]
     assert row["best_validation_accuracy"] == max(row["validation_accuracy_per_epoch"])
@@ -31,7 +31,7 @@ def test_a_sweep_trains_a_variant_on_the_validation_split_and_writes_the_table(
     assert table["backend"] == "cpu"
     assert json.loads((tmp_path / sweep.JSON).read_text()) == table
     text = (tmp_path / sweep.MARKDOWN).read_text()
-    assert "| mixup | mixup_alpha=0.4 | 2 | **" in text
+    assert "| slower | learning_rate=0.005 | 2 | **" in text
     assert "validation split: the last 16 training images" in text
 
 
