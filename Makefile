@@ -19,7 +19,7 @@ PREPARE = $(BIN)/python -m alexnet_jax.prepare --install $(DATA_DIR_FLAG) \
 # One stamp per set of extras, so that asking for other extras installs them.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help install train-mnist train-cifar10 quick accuracy-cifar10 accuracy-mnist eval predict report summary test lint format \
+.PHONY: help install train-mnist train-cifar10 quick accuracy-cifar10 accuracy-mnist sweep-cifar10 sweep-mnist eval predict report summary test lint format \
 	prepare-data bench bench-peers bench-tta tensorboard clean
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make quick                         MNIST at 67x67, a few minutes on a CPU"
 	@echo "make eval CKPT=runs/mnist          evaluate a run or checkpoint"
 	@echo "make accuracy-cifar10 | accuracy-mnist   3 seeds, test accuracy mean/std into experiments/results"
+	@echo "make sweep-cifar10 | sweep-mnist   recipe variants on the validation split, a table into experiments/results"
 	@echo "make predict CKPT=runs/mnist ARGS='digit.png'   classify image files"
 	@echo "make report                        an HTML report per run in $(WORKDIR)"
 	@echo "make tensorboard                   TensorBoard on the runs in $(WORKDIR) (ARGS='--port 6007')"
@@ -66,6 +67,13 @@ accuracy-cifar10: install
 accuracy-mnist: install
 	$(PREPARE) mnist
 	$(BIN)/python -m alexnet_jax.seeds --config experiments/mnist.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/mnist-seeds $(DATA_DIR_FLAG) $(ARGS)
+
+# Recipe variants on the validation split, one device, one process (ARGS='--only base mixup').
+sweep-cifar10: install
+	$(BIN)/python -m alexnet_jax.sweep --config experiments/sweep_cifar10.py --out experiments/results/sweep-cifar10 $(DATA_DIR_FLAG) $(ARGS)
+
+sweep-mnist: install
+	$(BIN)/python -m alexnet_jax.sweep --config experiments/sweep_mnist.py --out experiments/results/sweep-mnist $(DATA_DIR_FLAG) $(ARGS)
 
 eval: install
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=runs/mnist [ARGS='--json out.json']"; exit 2; }

@@ -61,7 +61,28 @@ def default_config() -> ml_collections.ConfigDict:
     c.crop_padding = 4  # random crop of the source image after zero-padding; 0: off
     c.flip = True  # random horizontal flips
     c.cutout = 0  # side in source pixels of a square hidden at a random place (mean colour); 0: off
-    c.eval_flip = False  # average the predictions of an image and its mirror at test time
+    # Random affine transform of the source image, before the crop and the resize (for MNIST),
+    # filled with zeros (MNIST's black background; what the crop's padding holds). Each is drawn
+    # uniformly per example: rotation in +-degrees, scale in 1 +- this, translation in +- this
+    # fraction of the height and width, shear along x in +-degrees; all 0: off.
+    c.affine_rotation = 0.0
+    c.affine_scale = 0.0
+    c.affine_translation = 0.0
+    c.affine_shear = 0.0
+    # Mixup (blend with another example of the global batch) and CutMix (paste a box of it):
+    # the mixing coefficient is drawn from Beta(alpha, alpha) (0: off), and each example is
+    # mixed with the given probability; the targets mix in proportion (then label smoothing).
+    # With both on, an example is cut-mixed, mixed up or left alone; the probabilities must
+    # add up to at most 1.
+    c.mixup_alpha = 0.0
+    c.mixup_probability = 1.0
+    c.cutmix_alpha = 0.0
+    c.cutmix_probability = 1.0
+    # Test-time views (evaluation, seeds, report, predict, export average their probabilities):
+    # the image and, with eval_flip, its mirror; with eval_shift=N, each of those shifted by N
+    # source pixels up, down, left and right as well (zero-filled, as training's crops).
+    c.eval_flip = False
+    c.eval_shift = 0
 
     c.nonfinite = "stop"  # on a NaN/inf loss or gradient: stop the run | skip the step
     # The last N checkpoints; the best by evaluation accuracy is kept as well (on the validation
@@ -219,13 +240,44 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "label_smoothing": 0.0,
         "dropout_rate": 0.0,
         "ema_decay": 0.0,
+        "affine_rotation": 0.0,
+        "affine_scale": 0.0,
+        "affine_translation": 0.0,
+        "affine_shear": 0.0,
+        "mixup_alpha": 0.0,
+        "mixup_probability": 0.0,
+        "cutmix_alpha": 0.0,
+        "cutmix_probability": 0.0,
+        "eval_shift": 0,
     }.items():
         if config[key] < low:
             raise UserError(f"{key}={config[key]} must be at least {low}")
     for key in ("label_smoothing", "dropout_rate", "momentum", "ema_decay"):
         if config[key] >= 1:
             raise UserError(f"{key}={config[key]} must be below 1")
+    for key, high in {
+        "mixup_probability": 1.0,
+        "cutmix_probability": 1.0,
+        "affine_rotation": 180.0,
+        "affine_scale": 0.99,  # a scale of 0 would shrink the image to a point
+        "affine_translation": 1.0,
+        "affine_shear": 60.0,
+    }.items():
+        if config[key] > high:
+            raise UserError(f"{key}={config[key]} must be at most {high}")
+    if config.mixup_alpha and config.cutmix_alpha:
+        total = config.mixup_probability + config.cutmix_probability
+        if total > 1:
+            raise UserError(
+                f"mixup_probability + cutmix_probability = {total:g} with both on: an example "
+                "gets one or the other, so they must add up to at most 1 (e.g. 0.5 each)"
+            )
     source_size = min(spec(config.dataset).image_shape[:2])
+    if config.eval_shift >= source_size // 2:
+        raise UserError(
+            f"eval_shift={config.eval_shift} would shift the {config.dataset} image out of view: "
+            f"use less than {source_size // 2} (or 0 for none)"
+        )
     if config.cutout >= source_size:
         raise UserError(
             f"cutout={config.cutout} would hide the whole {config.dataset} image: "

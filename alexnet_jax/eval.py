@@ -9,9 +9,17 @@ import json
 from pathlib import Path
 
 from alexnet_jax import checkpoint
+from alexnet_jax.config import validate
 from alexnet_jax.data import load_dataset
 from alexnet_jax.errors import cli
-from alexnet_jax.evaluation import DeviceSplit, evaluate, format_result, make_evaluator, result_json
+from alexnet_jax.evaluation import (
+    DeviceSplit,
+    evaluate,
+    format_result,
+    make_evaluator,
+    result_json,
+    views,
+)
 from alexnet_jax.parallel import make_mesh
 
 
@@ -22,6 +30,12 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="TFDS data dir (default: the one the run used)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--flip", action="store_true", help="average with mirrored images (TTA)")
+    parser.add_argument(
+        "--shift",
+        type=int,
+        metavar="PIXELS",
+        help="average with views shifted this far up, down, left and right (TTA)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -34,13 +48,17 @@ def main(argv=None):
         config.eval_batch_size = args.batch_size
     if args.flip:
         config.eval_flip = True
+    if args.shift is not None:
+        config.eval_shift = args.shift
+        validate(config)
 
     dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
     split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
 
-    print(f"{config.dataset}, {checkpoint.describe(trained, args.best)}")
+    shown = views(config.eval_flip, config.eval_shift)
+    print(f"{config.dataset}, {checkpoint.describe(trained, args.best)}, {len(shown)} view(s)")
     print(format_result(result, dataset.class_names))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +70,8 @@ def main(argv=None):
             epoch=trained.epoch,
             partial=trained.progress,
             eval_flip=bool(config.eval_flip),
+            eval_shift=config.eval_shift,
+            views=views(config.eval_flip, config.eval_shift),
         )
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")

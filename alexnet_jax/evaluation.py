@@ -49,17 +49,55 @@ def inference_options(config, derived: Derived) -> dict:
         std=derived.std,
         dtype=derived.dtype,
         flip=config.eval_flip,
+        shift=config.eval_shift,
     )
 
 
-def class_probabilities(state: TrainState, images, *, image_size, mean, std, dtype, flip):
-    """Softmax outputs [B, classes] of uint8 images [B, h, w, C], as evaluation sees them."""
-    variables = inference_variables(state)
-    x = preprocess.to_model_input(images, image_size, mean, std, dtype)
-    probs = jax.nn.softmax(state.apply_fn(variables, x, train=False))
-    if flip:  # test-time augmentation: average with the mirror image
-        probs = (probs + jax.nn.softmax(state.apply_fn(variables, x[:, :, ::-1], train=False))) / 2
-    return probs
+def view_shifts(shift: int) -> tuple[tuple[int, int], ...]:
+    """The (down, right) shifts in source pixels of the test-time views: none, and with `shift`
+    the four moves by that many pixels up, down, left and right."""
+    if not shift:
+        return ((0, 0),)
+    return ((0, 0), (-shift, 0), (shift, 0), (0, -shift), (0, shift))
+
+
+def views(flip: bool, shift: int) -> list[dict]:
+    """The test-time views, in the order they are computed: each shift, then its mirror."""
+    return [
+        {"shift": [dy, dx], "flip": mirrored}
+        for dy, dx in view_shifts(shift)
+        for mirrored in ((False, True) if flip else (False,))
+    ]
+
+
+def view_logits(apply_fn, variables, images, *, image_size, mean, std, dtype, flip, shift=0):
+    """The model's logits [views, B, classes] for each test-time view (`views`) of uint8
+    images [B, h, w, C]. A shift moves the source image, zero-filled; the mirror is taken
+    after the resize."""
+    outputs = []
+    for dy, dx in view_shifts(shift):
+        moved = preprocess.shifted(images, dy, dx)
+        x = preprocess.to_model_input(moved, image_size, mean, std, dtype)
+        outputs.append(apply_fn(variables, x, train=False))
+        if flip:
+            outputs.append(apply_fn(variables, x[:, :, ::-1], train=False))
+    return jnp.stack(outputs)
+
+
+def class_probabilities(state: TrainState, images, **options):
+    """Softmax outputs [B, classes] of uint8 images [B, h, w, C], as evaluation sees them: the
+    mean of the test-time views' probabilities. `options` are those of `inference_options`."""
+    logits = view_logits(state.apply_fn, inference_variables(state), images, **options)
+    return jnp.mean(jax.nn.softmax(logits), axis=0)
+
+
+def combined_logits(logits):
+    """One set of logits [B, classes] from the views' [views, B, classes] whose softmax is the
+    mean of theirs (`class_probabilities`): a single view's own logits, else the log of the
+    mean probability."""
+    if logits.shape[0] == 1:
+        return logits[0]
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(logits.shape[0])
 
 
 def eval_step(state: TrainState, batch, **options):

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpoint, exported, preprocess
+from alexnet_jax import checkpoint, exported
 from alexnet_jax.errors import UserError, cli
+from alexnet_jax.evaluation import combined_logits, inference_options, view_logits, views
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
 
@@ -33,10 +34,12 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 def logits_function(trained: checkpoint.Trained):
     """(weights as a flat list, uint8 images [B, H, W, C]) -> logits [B, classes], and the weights.
 
-    The weights are the parameters and BatchNorm statistics; passing them as arguments rather
-    than closing over them keeps them out of the serialized program (~180 MB at 224x224).
+    The logits are evaluation's: over the run's test-time views (`eval_flip`, `eval_shift`),
+    the log of the mean probability, so that their softmax is what evaluation and `predict`
+    compute. The weights are the parameters and BatchNorm statistics; passing them as arguments
+    rather than closing over them keeps them out of the serialized program (~180 MB at 224x224).
     """
-    config, derived = trained.config, trained.derived
+    options = inference_options(trained.config, trained.derived)
     variables = inference_variables(trained.state)
     named, treedef = jax.tree_util.tree_flatten_with_path(variables)
     names = ["/".join(str(key.key) for key in path) for path, _ in named]
@@ -44,10 +47,8 @@ def logits_function(trained: checkpoint.Trained):
     apply_fn = trained.state.apply_fn
 
     def logits(weights, images):
-        x = preprocess.to_model_input(
-            images, config.image_size, derived.mean, derived.std, derived.dtype
-        )
-        return apply_fn(jax.tree.unflatten(treedef, weights), x, train=False)
+        variables = jax.tree.unflatten(treedef, weights)
+        return combined_logits(view_logits(apply_fn, variables, images, **options))
 
     return logits, names, weights
 
@@ -79,7 +80,11 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
         "class_names": list(dataset.class_names),
         "image_size": config.image_size,
         "compute_dtype": jnp.dtype(trained.derived.dtype).name,
-        "test_time_flip": False,  # the function is the plain model, without eval_flip's mirror
+        # Evaluation's test-time views, inside the function: shifts in source pixels (down,
+        # right), then the mirror. With more than one, the logits are the log of the views'
+        # mean probability.
+        "test_time_views": views(config.eval_flip, config.eval_shift),
+        "test_time_flip": bool(config.eval_flip),
         "platforms": list(platforms),
         "weight_names": names,
         "onnx": ONNX if onnx else None,

@@ -5,10 +5,101 @@ drawn per example from keys derived from the example's position in the global ba
 (`keys.example_keys`), so that the result does not depend on how the batch is split over devices.
 """
 
+import math
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
+from jax.scipy.ndimage import map_coordinates
 
 from alexnet_jax import keys as run_keys
+
+
+@dataclass(frozen=True)
+class Affine:
+    """The ranges of the random affine transform (the config's `affine_*` fields)."""
+
+    rotation: float = 0.0  # degrees, either way
+    scale: float = 0.0  # relative, either way
+    translation: float = 0.0  # fraction of the height and width, either way
+    shear: float = 0.0  # degrees, along x, either way
+
+    @classmethod
+    def from_config(cls, config) -> "Affine":
+        return cls(
+            config.affine_rotation,
+            config.affine_scale,
+            config.affine_translation,
+            config.affine_shear,
+        )
+
+    @property
+    def on(self) -> bool:
+        return any((self.rotation, self.scale, self.translation, self.shear))
+
+
+NO_AFFINE = Affine()
+
+
+def affine_parameters(keys: jax.Array, ranges: Affine, height: int, width: int) -> dict:
+    """Per example, uniform in the ranges: angle and shear (radians), scale, shift (pixels,
+    [B, 2] as rows, columns)."""
+    # One draw of five numbers per example, whichever ranges are on, so that turning one on
+    # leaves the others' draws as they were.
+    u = jax.vmap(lambda key: jax.random.uniform(run_keys.affine_key(key), (5,), minval=-1))(keys)
+    return {
+        "angle": u[:, 0] * math.radians(ranges.rotation),
+        "scale": 1 + u[:, 1] * ranges.scale,
+        "shift": u[:, 2:4] * ranges.translation * jnp.array([height, width], jnp.float32),
+        "shear": u[:, 4] * math.radians(ranges.shear),
+    }
+
+
+def warp(image: jax.Array, angle, scale, shift, shear, fill=0) -> jax.Array:
+    """One uint8 image [H, W, C] rotated counter-clockwise (as displayed) by `angle`, sheared
+    along x by `shear`, scaled by `scale` about its centre, then shifted by `shift` (rows,
+    columns); bilinear, with `fill` where the source lies outside the image."""
+    height, width, channels = image.shape
+    centre = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
+    rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
+    target = jnp.stack([rows.ravel(), cols.ravel()]).astype(jnp.float32)  # [2, H*W]
+    # The forward map, on (row, column) from the centre, is scale * rotation @ shear with
+    # rotation [[cos, -sin], [sin, cos]] (rows grow downwards) and shear [[1, 0], [tan, 1]];
+    # each output pixel samples the source at its inverse.
+    cos, sin, tan = jnp.cos(angle), jnp.sin(angle), jnp.tan(shear)
+    unrotate = jnp.array([[cos, sin], [-sin, cos]])
+    unshear = jnp.array([[1.0, 0.0], [-tan, 1.0]])
+    inverse = (unshear @ unrotate) / scale
+    source = inverse @ (target - (centre + shift)[:, None]) + centre[:, None]
+
+    def channel(plane):
+        return map_coordinates(plane, list(source), order=1, mode="constant", cval=fill)
+
+    planes = jax.vmap(channel, in_axes=2, out_axes=1)(image.astype(jnp.float32))
+    return jnp.clip(jnp.round(planes), 0, 255).astype(jnp.uint8).reshape(height, width, channels)
+
+
+def random_affine(images: jax.Array, keys: jax.Array, ranges: Affine, fill=0) -> jax.Array:
+    """Each uint8 image [B, H, W, C] under its own random affine transform (identity when off)."""
+    if not ranges.on:
+        return images
+    p = affine_parameters(keys, ranges, *images.shape[1:3])
+
+    def one(image, angle, scale, shift, shear):
+        return warp(image, angle, scale, shift, shear, fill)
+
+    return jax.vmap(one)(images, p["angle"], p["scale"], p["shift"], p["shear"])
+
+
+def shifted(images: jax.Array, dy: int, dx: int) -> jax.Array:
+    """uint8 images [B, H, W, C] moved down by `dy` and right by `dx` pixels (negative: up,
+    left), zero-filled like training's padded crops."""
+    if dy == dx == 0:
+        return images
+    pad = max(abs(dy), abs(dx))
+    height, width = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return padded[:, pad - dy : pad - dy + height, pad - dx : pad - dx + width]
 
 
 def augment(

@@ -4,7 +4,8 @@
         --workdir runs/seeds --results experiments/results/cifar10 [--config.FIELD=VALUE ...]
 
 Each seed trains in <workdir>/seed<k>/<dataset>/ (resumable like any run) and is then evaluated
-on the test split, single-crop and with flip averaging. With --results, each run's evidence
+on the test split: single view, with flip averaging, and with the config's own test-time views
+(`eval_flip`, `eval_shift`) when they are neither. With --results, each run's evidence
 (config, metrics history, curves, both evaluations as JSON) is copied there with a summary:
 mean and standard deviation over the seeds, epochs and wall time, as JSON and as a Markdown
 table. Tune with `validation_examples` (the held-out end of the training split); the test split
@@ -18,14 +19,29 @@ from pathlib import Path
 
 from alexnet_jax import artifacts, checkpoint
 from alexnet_jax.cli import command_parser, config_from_command_line
-from alexnet_jax.config import validate
+from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
-from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator, result_json
+from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator, result_json, views
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.train import train_and_evaluate
 
 EVIDENCE = (artifacts.HISTORY, artifacts.CONFIG, "{dataset}_loss.png", "{dataset}_confusion.png")
+
+
+def view_sets(config) -> dict[str, tuple[bool, int]]:
+    """The evaluations of each seed, (eval_flip, eval_shift) by name: `single` and `flip`, and
+    `views`, the config's own, when they are neither."""
+    sets = {"single": (False, 0), "flip": (True, 0)}
+    own = (bool(config.eval_flip), config.eval_shift)
+    if own not in sets.values():
+        sets["views"] = own
+    return sets
+
+
+# What each evaluation is called in the results: file name and summary key.
+FILES = {"single": "eval.json", "flip": "eval_flip.json", "views": "eval_views.json"}
+KEYS = {"single": "test_accuracy", "flip": "test_accuracy_flip", "views": "test_accuracy_views"}
 
 
 def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = None) -> dict:
@@ -35,6 +51,14 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
     source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
     mesh = make_mesh()
+    derived = derive(config)
+    # The test split placed once, and one evaluator per set of views, compiled once for all seeds.
+    split = DeviceSplit(source.test, config.eval_batch_size, mesh)
+    evaluators = {}
+    for name, (flip, shift) in view_sets(config).items():
+        viewed = config.copy_and_resolve_references()
+        viewed.eval_flip, viewed.eval_shift = flip, shift
+        evaluators[name] = make_evaluator(viewed, derived, mesh)
     runs = []
     for seed in seeds:
         seeded = config.copy_and_resolve_references()
@@ -43,12 +67,9 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         history = train_and_evaluate(seeded, run_dir.parent, dataset).history
         trained = checkpoint.load_trained(run_dir, mesh=mesh)
         evaluations = {}
-        for flip in (False, True):
-            seeded.eval_flip = flip
-            split = DeviceSplit(source.test, seeded.eval_batch_size, mesh)
-            evaluator = make_evaluator(seeded, trained.derived, mesh)
-            result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
-            evaluations[flip] = result
+        for name, (flip, shift) in view_sets(config).items():
+            result = evaluate(trained.state, split, evaluators[name], derived.num_classes)
+            evaluations[name] = result
             if results:
                 payload = result_json(
                     result,
@@ -57,12 +78,13 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
                     checkpoint=str(trained.path),
                     epoch=trained.epoch,
                     eval_flip=flip,
+                    eval_shift=shift,
+                    views=views(flip, shift),
                     seed=seed,
                 )
                 target = Path(results) / f"seed{seed}"
                 target.mkdir(parents=True, exist_ok=True)
-                name = "eval_flip.json" if flip else "eval.json"
-                (target / name).write_text(json.dumps(payload, indent=2) + "\n")
+                (target / FILES[name]).write_text(json.dumps(payload, indent=2) + "\n")
                 for pattern in EVIDENCE:
                     evidence = run_dir / pattern.format(dataset=config.dataset)
                     if evidence.exists():
@@ -72,8 +94,7 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
                 "seed": seed,
                 "epochs": len(history),
                 "wall_seconds": round(sum(row["epoch_seconds"] for row in history), 1),
-                "test_accuracy": evaluations[False].accuracy,
-                "test_accuracy_flip": evaluations[True].accuracy,
+                **{KEYS[name]: result.accuracy for name, result in evaluations.items()},
             }
         )
     summary = summarize(config, runs)
@@ -92,12 +113,14 @@ def summarize(config, runs: list[dict]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         }
 
+    sets = view_sets(config)
     return {
         "dataset": config.dataset,
         "seeds": [run["seed"] for run in runs],
         "runs": runs,
-        "test_accuracy": spread("test_accuracy"),
-        "test_accuracy_flip": spread("test_accuracy_flip"),
+        **{KEYS[name]: spread(KEYS[name]) for name in sets},
+        # The test-time views of each evaluation (shifts in source pixels, then the mirror).
+        "views": {KEYS[name]: views(flip, shift) for name, (flip, shift) in sets.items()},
         "epochs": runs[0]["epochs"] if runs else 0,
         "wall_seconds": spread("wall_seconds"),
     }
@@ -105,19 +128,25 @@ def summarize(config, runs: list[dict]) -> dict:
 
 def markdown(summary: dict) -> str:
     """One row per seed and a mean ± std row, accuracies in percent."""
+    own_views = len(summary["views"].get("test_accuracy_views", []))
+    columns = {
+        "test_accuracy": "test accuracy",
+        "test_accuracy_flip": "with flip TTA",
+        "test_accuracy_views": f"with the config's {own_views} views",
+    }
+    shown = [key for key in columns if key in summary]
     lines = [
-        "| seed | epochs | wall time (s) | test accuracy | with flip TTA |",
-        "| --- | --- | --- | --- | --- |",
+        "| seed | epochs | wall time (s) | " + " | ".join(columns[key] for key in shown) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in shown) + " |",
     ]
     for run in summary["runs"]:
+        accuracies = " | ".join(f"{run[key]:.2%}" for key in shown)
         lines.append(
-            f"| {run['seed']} | {run['epochs']} | {run['wall_seconds']:.0f} | "
-            f"{run['test_accuracy']:.2%} | {run['test_accuracy_flip']:.2%} |"
+            f"| {run['seed']} | {run['epochs']} | {run['wall_seconds']:.0f} | {accuracies} |"
         )
-    single, flip = summary["test_accuracy"], summary["test_accuracy_flip"]
+    spreads = " | ".join(f"{summary[key]['mean']:.2%} ± {summary[key]['std']:.2%}" for key in shown)
     lines.append(
-        f"| mean ± std | {summary['epochs']} | {summary['wall_seconds']['mean']:.0f} | "
-        f"{single['mean']:.2%} ± {single['std']:.2%} | {flip['mean']:.2%} ± {flip['std']:.2%} |"
+        f"| mean ± std | {summary['epochs']} | {summary['wall_seconds']['mean']:.0f} | {spreads} |"
     )
     return "\n".join(lines)
 

@@ -14,16 +14,17 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from alexnet_jax import keys, preprocess
+from alexnet_jax import keys, mixing, preprocess
 from alexnet_jax.config import Derived
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import TrainPartitions, device_batch
 from alexnet_jax.state import TrainState, update_ema
 
 
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-    """Mean softmax cross-entropy against (optionally smoothed) one-hot labels."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+def cross_entropy(logits, targets, label_smoothing: float = 0.0):
+    """Mean softmax cross-entropy against (optionally smoothed) target distributions [B, classes]
+    (one-hot labels, or mixed ones)."""
+    targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets).mean()
 
 
@@ -42,6 +43,8 @@ def train_step(
     cutout: int,
     label_smoothing: float,
     ema_decay: float = 0.0,
+    affine: preprocess.Affine = preprocess.NO_AFFINE,
+    mix: mixing.Mixing = mixing.NO_MIXING,
 ):
     """One SGD step on this device's slice of the global batch; gradients are averaged over all.
 
@@ -57,7 +60,11 @@ def train_step(
     example_keys = keys.example_keys(augment_rng, device * local, local)
     # Cutout fills with the dataset's mean colour: zero once normalised.
     fill = jnp.round(jnp.asarray(mean) * 255).astype(jnp.uint8)
-    images = preprocess.augment(batch["image"], example_keys, crop_padding, flip, cutout, fill)
+    images = preprocess.random_affine(batch["image"], example_keys, affine)
+    images = preprocess.augment(images, example_keys, crop_padding, flip, cutout, fill)
+    images, targets = mixing.mix_batch(
+        images, batch["label"], example_keys, device * local, mix, num_classes, DATA_AXIS
+    )
     x = preprocess.to_model_input(images, image_size, mean, std, dtype)
 
     def loss_fn(params):
@@ -68,7 +75,7 @@ def train_step(
             rngs={"dropout": keys.dropout_key(dropout_rng, device)},
             mutable=["batch_stats"],
         )
-        loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing)
+        loss = cross_entropy(logits, targets, label_smoothing)
         return loss, (logits, updates["batch_stats"])
 
     # Marking the replicated parameters as device-varying makes each device differentiate its own
@@ -121,6 +128,8 @@ def step_body(config: ml_collections.ConfigDict, derived: Derived):
         cutout=config.cutout,
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
+        affine=preprocess.Affine.from_config(config),
+        mix=mixing.Mixing.from_config(config),
     )
 
 

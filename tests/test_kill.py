@@ -85,37 +85,53 @@ def without_timing(history):
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
 
 
+def run_to_the_end(workdir) -> float:
+    """Train to the end; returns the seconds from the start to the first checkpoint."""
+    process, started = start(workdir), time.monotonic()
+    assert wait_for(lambda: saved_epochs(workdir), process, "the first checkpoint")
+    first_checkpoint = time.monotonic() - started
+    code, _, err = finish(process)
+    assert code == 0, err
+    return first_checkpoint
+
+
+def kill(process, run, moment: str, kills: list) -> None:
+    if process.poll() is not None:
+        pytest.fail(f"the run ended before the kill {moment}: lengthen the run")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    kills.append((moment, saved_epochs(run), writing(run)))
+    assert_every_checkpoint_reads_back(run)
+
+
 def test_sigkill_at_random_points_loses_nothing_but_the_current_epoch(tmp_path):
     reference = tmp_path / "reference"
-    code, _, err = finish(start(reference))
-    assert code == 0, err
+    first_checkpoint = run_to_the_end(reference)
 
     run = tmp_path / "killed"
     rng = random.Random(2026)
     kills = []
-    # Three kills: during a checkpoint write, after the first checkpoint, at a random time.
-    for moment in ("during a checkpoint write", "after a checkpoint", "at a random time"):
+    # 1. During a checkpoint write: its temporary folder is still there after the kill. (Should
+    # the write end between seeing the folder and the kill, the kill is made again.)
+    while not (kills and kills[-1][2]):
+        assert len(kills) < 3, f"no kill landed during a checkpoint write: {kills}"
         process = start(run)
-        if moment == "during a checkpoint write":
-            reached = wait_for(lambda: writing(run), process, moment)
-        elif moment == "after a checkpoint":
-            done = len(saved_epochs(run))
-            reached = wait_for(lambda done=done: len(saved_epochs(run)) > done, process, moment)
-            time.sleep(rng.uniform(0, 1.5))
-        else:
-            time.sleep(rng.uniform(5, 20))
-            reached = process.poll() is None
-        if not reached or process.poll() is not None:
-            break  # the run finished before this kill point: nothing left to interrupt
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-        kills.append((moment, saved_epochs(run)))
-        assert_every_checkpoint_reads_back(run)
-    # The first run always reaches a checkpoint write, so at least that kill happened.
-    assert kills and kills[0][0] == "during a checkpoint write", kills
+        assert wait_for(lambda: writing(run), process, "a checkpoint write")
+        kill(process, run, "during a checkpoint write", kills)
+    # 2. Just after a checkpoint.
+    process = start(run)
+    done = len(saved_epochs(run))
+    assert wait_for(lambda: len(saved_epochs(run)) > done, process, "the next checkpoint")
+    time.sleep(rng.uniform(0, 0.5))
+    kill(process, run, "after a checkpoint", kills)
+    # 3. At a random time before a restarted run's first checkpoint could be on disk.
+    process = start(run)
+    time.sleep(rng.uniform(0, 0.9 * first_checkpoint))
+    kill(process, run, "at a random time", kills)
 
     code, out, err = finish(start(run))
     assert code == 0, err
+    assert not writing(run)  # the interrupted write's temporary folder is gone
     expected, expected_history = final_state(reference)
     resumed, resumed_history = final_state(run)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):

@@ -110,3 +110,14 @@ def test_model_input_resizes_exactly_as_jax_image_resize_bilinear(size, target):
         return preprocess.to_model_input(x, target, (0.0,) * 3, (1.0,) * 3)
 
     np.testing.assert_array_equal(ours(x), resize(x))
+
+
+def test_each_lever_draws_from_its_own_branch_of_an_examples_key():
+    # keys.py's diagram: split gives children 0 and 1 (crop, flip), and each later lever its
+    # own child, so that turning one on leaves the others' draws as they were.
+    example = run_keys.example_keys(jax.random.PRNGKey(0), 5, 1)[0]
+    branches = [*run_keys.crop_and_flip_keys(example)]
+    branches += [run_keys.cutout_key(example), run_keys.affine_key(example)]
+    branches += [run_keys.mixing_key(example)]
+    for i, branch in enumerate(branches):
+        np.testing.assert_array_equal(branch, jax.random.fold_in(example, i))

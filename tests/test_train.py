@@ -22,6 +22,18 @@ from alexnet_jax.step import TrainCalls
 
 from conftest import new_state, single_steps, tiny_config, train_until_interrupted
 
+# Every recipe lever that draws randomness, on.
+LEVERS = dict(
+    affine_rotation=15.0,
+    affine_scale=0.1,
+    affine_translation=0.1,
+    affine_shear=5.0,
+    mixup_alpha=0.4,
+    mixup_probability=0.5,
+    cutmix_alpha=1.0,
+    cutmix_probability=0.5,
+)
+
 
 def one_step(config, dataset, devices):
     """Parameters and batch statistics after one train step on the first global batch."""
@@ -30,9 +42,9 @@ def one_step(config, dataset, devices):
 
 
 def test_two_devices_step_equals_one_device_step(tiny_dataset, cpu_devices):
-    # Augmentation on (its randomness is drawn per example, independent of the split);
-    # dropout off, because its masks are drawn per device.
-    config = tiny_config(crop_padding=2, dropout_rate=0.0, batch_size=16)
+    # Augmentation on (its randomness is drawn per example, independent of the split), with
+    # the affine transforms and mixing too; dropout off, because its masks are drawn per device.
+    config = tiny_config(crop_padding=2, dropout_rate=0.0, batch_size=16, **LEVERS)
     one, metrics_one = one_step(config, tiny_dataset, cpu_devices[:1])
     two, metrics_two = one_step(config, tiny_dataset, cpu_devices[:2])
     # Float sums are reordered across devices: equal to float32 rounding, not bit for bit.
@@ -109,9 +121,11 @@ def test_interrupted_run_resumes_to_the_same_parameters(
     tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys
 ):
     # With every part of the state a recipe can carry (the moving average too) and all the
-    # randomness (dropout, crops, cutout); test_kill.py does the same for the default recipe
-    # with real kills.
-    config = tiny_config(num_epochs=3, dropout_rate=0.5, crop_padding=2, ema_decay=0.9, cutout=8)
+    # randomness (dropout, crops, cutout, affine transforms, mixing); test_kill.py does the same
+    # for the default recipe with real kills.
+    config = tiny_config(
+        num_epochs=3, dropout_rate=0.5, crop_padding=2, ema_decay=0.9, cutout=8, **LEVERS
+    )
     devices = cpu_devices[:1]
     train.train_and_evaluate(config, tmp_path / "straight", tiny_dataset, devices)
 
@@ -272,10 +286,16 @@ def test_several_steps_per_dispatch_equal_single_steps_bit_for_bit(
     tiny_dataset, cpu_devices, devices
 ):
     # Whole epochs through the trainer's driver (`run.train_epoch`), with every source of
-    # randomness (dropout, crops, cutout) and the moving average: calls of 3 steps then the
-    # epoch's short last call of 1, against calls of 1 step.
+    # randomness (dropout, crops, cutout, affine transforms, mixing) and the moving average:
+    # calls of 3 steps then the epoch's short last call of 1, against calls of 1 step.
     config = tiny_config(
-        dropout_rate=0.5, crop_padding=2, cutout=8, ema_decay=0.9, num_epochs=2, batch_size=16
+        dropout_rate=0.5,
+        crop_padding=2,
+        cutout=8,
+        ema_decay=0.9,
+        num_epochs=2,
+        batch_size=16,
+        **LEVERS,
     )
 
     def trained(steps_per_dispatch):
