@@ -145,10 +145,13 @@ def make_train_steps(
     from the carried state by `keys.step_key`.
 
     The steps are unrolled, with an optimisation barrier between them: the program is `count`
-    copies of the one-step program in a row, each compiled as it would be alone, so `count`
-    steps in one call give the bits of `count` calls of one step (tested). (As a loop on the
-    device, XLA:CPU ran the step 6x slower and rounded differently; without the barrier it
-    fused across steps and rounded the moving average differently.) Compilation grows with
+    copies of the one-step program in a row. They run the same steps as `count` calls of one
+    step (the same batches and randomness), with the same bits for the parameters and
+    BatchNorm statistics in the tests; XLA fuses the updates of the small one-dimensional
+    leaves across the copies, so the momentum and the moving average of biases and BatchNorm
+    scales can round a few ulp apart (tested to that bound). (As a rolled loop on the device,
+    XLA:CPU ran the step 6x slower; as an unrolled lax.scan, it kept the backward convolutions
+    off YNNPACK and rounded differently.) Compilation grows with
     `count`, and `count` is static: one program per distinct count (the configured one, and
     the remainder at the end of an epoch when it does not divide the steps per epoch).
     """
@@ -162,7 +165,14 @@ def make_train_steps(
             state, metrics = body(state, batch, keys.step_key(state.rng, state.step))
             return jax.lax.optimization_barrier((state, metrics))
 
-        return jax.lax.scan(one, state, jnp.arange(count, dtype=jnp.int32), unroll=True)
+        # Unrolled in Python, not by an unrolled lax.scan: in a scan's body XLA:CPU runs the
+        # backward convolutions on its generic (Eigen) convolution instead of YNNPACK, several
+        # times slower (benchmarks/results/cpu/step-breakdown/).
+        rows = []
+        for i in range(count):
+            state, metrics = one(state, jnp.int32(i))
+            rows.append(metrics)
+        return state, jax.tree.map(lambda *row: jnp.stack(row), *rows)
 
     @functools.cache
     def compiled(count: int):

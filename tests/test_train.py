@@ -282,7 +282,7 @@ def test_a_failing_save_keeps_the_previous_checkpoint(
 
 
 @pytest.mark.parametrize("devices", [1, 2])
-def test_several_steps_per_dispatch_equal_single_steps_bit_for_bit(
+def test_several_steps_per_dispatch_equal_single_steps_to_rounding(
     tiny_dataset, cpu_devices, devices
 ):
     # Whole epochs through the trainer's driver (`run.train_epoch`), with every source of
@@ -313,10 +313,18 @@ def test_several_steps_per_dispatch_equal_single_steps_bit_for_bit(
     (single, single_totals), (several, several_totals) = trained(1), trained(3)
     assert single_totals == several_totals
     assert int(several.step) == 8
+    # The parameters, BatchNorm statistics, step and key: the same bits. The momentum and the
+    # moving average: XLA fuses the small leaves' updates across the unrolled steps, and they
+    # round apart by at most 32 ulp here (the dense biases' moving average; README: Speed).
+    exact = ("params", "batch_stats", "step", "rng")
     leaves = jax.tree_util.tree_leaves_with_path(several)
     assert len(leaves) == len(jax.tree.leaves(single))
     for (path, a), b in zip(leaves, jax.tree.leaves(single), strict=True):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+        name = jax.tree_util.keystr(path)
+        if name.startswith(tuple(f".{part}" for part in exact)):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            np.testing.assert_array_max_ulp(a, b, maxulp=32)
     initial_kernel = new_state(config).params["conv2d"]["kernel"]
     assert not np.array_equal(several.params["conv2d"]["kernel"], initial_kernel)
 
