@@ -394,8 +394,10 @@ def run_command(argv: list[str], log, timeout: float) -> int | None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # This checkout's package first, for the scripts too (benchmarks/keras_peer.py).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # A process group of its own, to stop its children with it; not a session of its own,
+    # which the GPU machine would leave running after the call that started it.
     process = subprocess.Popen(
-        argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0
     )
     try:
         return process.wait(timeout=max(timeout, 1))
@@ -601,10 +603,15 @@ def main(argv=None) -> int:
         record["status"] = "running"  # what a suite killed from outside leaves in the summary
         summary.write(time.monotonic() - start)
         print(f"{stage.name}: {stage.what} ...", flush=True)
+        began = time.monotonic()
         try:
             record.update(run_stage(stage, ctx, min(left, LIMIT_FACTOR * needs)))
         except (Interrupted, KeyboardInterrupt) as e:
-            record.update(status="failed", error=f"the suite was stopped ({e or 'SIGINT'})")
+            record.update(
+                status="failed",
+                seconds=time.monotonic() - began,
+                error=f"the suite was stopped ({e or 'SIGINT'})",
+            )
             summary.write(time.monotonic() - start)
             print(summary.markdown())
             return 130
