@@ -316,10 +316,26 @@ class Stage:
     commands: object  # Context -> list of argv lists, run in order
     figures: object  # (Context, seconds) -> dict of key figures, read from what it wrote
     ok_codes: tuple = (0,)
+    outputs: tuple = ()  # what it writes in the output folder besides <name>.json and .log
+
+    def clear(self, out: Path) -> None:
+        """Remove what an earlier run of the stage wrote, so that no old figure is read."""
+        for name in (f"{self.name}.json", f"{self.name}.log", *self.outputs):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 STAGES = [
-    Stage("env", "environment.json and nvidia-smi", env_commands, env_figures),
+    Stage(
+        "env",
+        "environment.json and nvidia-smi",
+        env_commands,
+        env_figures,
+        outputs=("environment.json", "nvidia-smi.txt"),
+    ),
     Stage(
         "smoke",
         "a few steps of train, then eval and export (CPU and CUDA lowering) of that run",
@@ -337,6 +353,7 @@ STAGES = [
         "a jax.profiler trace of a few steps of s2d-bf16-k1 (bench --profile)",
         profile_commands,
         profile_figures,
+        outputs=("profile",),
     ),
     Stage(
         "bench-baselines",
@@ -376,6 +393,7 @@ STAGES = [
         "train-cifar10 for 10 epochs: each epoch's train/eval/checkpoint/other seconds",
         train_split_commands,
         train_split_figures,
+        outputs=("train-split-metrics.jsonl",),
     ),
 ]
 BY_NAME = {stage.name: stage for stage in STAGES}
@@ -430,8 +448,10 @@ def last_line(path: Path) -> str:
 def run_stage(stage: Stage, ctx: Context, timeout: float) -> dict:
     """Run a stage's commands; its record: status, seconds, figures or error."""
     log_path = ctx.out / f"{stage.name}.log"
+    stage.clear(ctx.out)
     began = time.monotonic()
     record = {"log": log_path.name, "timeout_s": round(timeout)}
+    code = 0
     with log_path.open("w") as log:
         for argv in stage.commands(ctx):
             log.write(f"$ {shlex.join(map(str, argv))}\n")
@@ -451,6 +471,8 @@ def run_stage(stage: Stage, ctx: Context, timeout: float) -> dict:
         figures = stage.figures(ctx, seconds)
     except Exception as e:  # what it wrote is missing or not as expected
         error = f"no figures: {type(e).__name__}: {e}"
+        if code:  # an accepted exit status other than 0: the program may have crashed
+            error = f"exit status {code}: {last_line(log_path)}; {error}"
         return {**record, "status": "failed", "seconds": seconds, "error": error}
     return {**record, "status": "ok", "seconds": seconds, "figures": figures}
 

@@ -29,6 +29,8 @@ def test_a_failing_stage_is_recorded_the_next_one_runs_and_a_long_one_is_skipped
     out, returned = tmp_path / "out", tmp_path / "returned"
     empty = tmp_path / "no-data"  # tta-mnist finds no MNIST there: a real failure, at once
     empty.mkdir()
+    out.mkdir()  # with the figures of an earlier run, which must not be taken for this one's
+    (out / "tta-mnist.json").write_text('{"reached": true}')
     done = subprocess.run(
         [
             sys.executable, SUITE, "--sizes", "cpu", "--budget", str(budget),
