@@ -20,7 +20,7 @@ PREPARE = $(BIN)/python -m alexnet_jax.prepare --install $(DATA_DIR_FLAG) \
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: help install train-mnist train-cifar10 quick accuracy-cifar10 accuracy-mnist sweep-cifar10 sweep-mnist eval predict report summary test lint format \
-	prepare-data bench bench-peers bench-tta tensorboard clean
+	prepare-data bench bench-peers bench-tta gpu-suite tensorboard clean
 
 help:
 	@echo "make train-mnist | train-cifar10   train the seed model (224x224) in $(WORKDIR)/<dataset>/"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench                         train/eval images/s per configuration (ARGS='--out f.json')"
 	@echo "make bench-peers                   our step against Keras 3 model.fit, same process and device"
 	@echo "make bench-tta                     seconds to 90% on CIFAR-10 and 99.5% on MNIST"
+	@echo "make gpu-suite OUT=dir BUDGET=510  the whole GPU measurement within a budget (STAGES=env,bench,...)"
 	@echo "make prepare-data                  download and prepare MNIST and CIFAR-10 (the train targets do it too)"
 	@echo "options: DATA_DIR=dir WORKDIR=dir ARGS='--config.num_epochs=3' EXTRAS=dev,cuda (or dev,cuda12) COPY_DATA_FROM=dir"
 
@@ -118,6 +119,15 @@ bench-tta: install
 	  $(BIN)/python -m alexnet_jax.tta --config experiments/$$d.py --out $(WORKDIR)/bench/tta-$$d.json \
 	    $(DATA_DIR_FLAG) $(ARGS) || status=1; \
 	done; exit $$status
+
+# The whole GPU measurement of benchmarks/README.md's runbook within BUDGET seconds (default
+# 510), each stage's log and JSON and summary.md in OUT; tiny sizes on a CPU. STAGES=env,smoke,...
+OUT ?= runs/gpu-suite
+BUDGET ?=
+STAGES ?=
+gpu-suite: install
+	$(BIN)/python benchmarks/gpu_suite.py --out $(OUT) $(if $(BUDGET),--budget $(BUDGET)) \
+	  $(if $(STAGES),--stages $(STAGES)) $(DATA_DIR_FLAG) $(ARGS)
 
 prepare-data: install
 	$(PREPARE) mnist cifar10

@@ -1,7 +1,8 @@
 """Training and evaluation speed per configuration: `python -m alexnet_jax.bench`.
 
     python -m alexnet_jax.bench [--configs s2d-bf16-k1,conv11-bf16-k1] [--batch-size 256,512]
-        [--image-size 224] [--devices 1,2] [--out bench.json] [--config.FIELD=VALUE ...]
+        [--image-size 224] [--devices 1,2] [--out bench.json] [--profile N [--profile-dir DIR]]
+        [--config.FIELD=VALUE ...]
 
 Measures the training path of `make train-cifar10` (the experiment's config, augmentation and
 resize inside the step, the epoch driver `run.train_epoch` with its metric fetches, built by
@@ -9,13 +10,16 @@ resize inside the step, the epoch driver `run.train_epoch` with its metric fetch
 uint8 images of the dataset's shape placed on the devices, so no dataset is needed. Compilation
 is timed on its own (ahead of time; the jitted calls then reuse the programs); throughput comes
 from whole epochs after a warm-up epoch, each ended by waiting for the devices. Prints a table
-and writes the figures with the device, versions and date as JSON.
+and writes the figures with the device, versions and date as JSON. `--profile N` then traces N
+more training steps per configuration with `jax.profiler` (see `profiling.py`), outside the
+timings.
 
 A configuration is named `<stem>-<dtype>-k<steps per dispatch>`: stem `conv11` or `s2d` (the
 space-to-depth first convolution), dtype `f32` or `bf16`, e.g. `s2d-bf16-k8`.
 """
 
 import argparse
+import itertools
 import json
 import re
 import statistics
@@ -26,13 +30,14 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from alexnet_jax import profiling
 from alexnet_jax.cli import command_parser, overrides_from
 from alexnet_jax.config import apply_overrides, load_config
 from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.environment import environment
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests
-from alexnet_jax.run import build, train_epoch
+from alexnet_jax.run import build, drive, train_epoch
 
 STEM_NAMES = {"conv11": "conv11", "s2d": "space_to_depth"}
 DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
@@ -105,8 +110,11 @@ def measure(
     epochs: int,
     eval_batches: int,
     warmup_epochs: int = 1,
+    profile_steps: int = 0,
+    profile_dir=None,
 ) -> dict:
-    """Train `steps` steps per epoch for warm-up + `epochs` epochs and evaluate as many times.
+    """Train `steps` steps per epoch for warm-up + `epochs` epochs and evaluate as many times;
+    then, with `profile_steps`, trace that many more training steps into `profile_dir`.
 
     The training images are `batch_size * steps` synthetic ones, so every epoch is the same
     size; `config` decides everything else (stem, dtype, steps per dispatch, augmentation).
@@ -142,6 +150,12 @@ def measure(
         start = time.perf_counter()
         result = run.evaluate(state)
         eval_seconds.append(time.perf_counter() - start)
+
+    profile = {}
+    if profile_steps:
+        profile = {
+            "profile": profile_training(run, state, len(train_seconds), profile_steps, profile_dir)
+        }
 
     images = run.partitions.images_per_epoch
     train_rate = images / statistics.median(train_seconds[warmup_epochs:])
@@ -179,6 +193,25 @@ def measure(
             "peak_bytes_in_use": peak_bytes(devices),
         },
         "setup_seconds": round(setup_seconds, 3),
+        **profile,
+    }
+
+
+def profile_training(run, state, epoch: int, steps: int, directory) -> dict:
+    """Trace the first `steps` steps of epoch `epoch` (0-based; whole calls, at most the epoch),
+    compiled and warm, with `jax.profiler` into `directory` (process 0 only)."""
+    orders = run.partitions.epoch_orders(state.rng, epoch)
+    calls = list(itertools.islice(run.calls.epoch(orders), -(-steps // run.calls.per_call)))
+    traced = sum(count for _, _, count in calls)
+    dispatch = profiling.step_annotated(run.calls.dispatch, epoch * run.steps_per_epoch)
+    with profiling.trace(directory) as folder:
+        state, _ = drive(state, calls, traced, dispatch, epoch, run.config, StopRequests())
+        jax.block_until_ready(state)
+    files = profiling.trace_files(folder) if folder else []
+    return {
+        "steps": traced,
+        "dir": str(directory),
+        "files": [str(f.relative_to(directory)) for f in files],
     }
 
 
@@ -234,6 +267,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch-size", type=int)
     parser.add_argument("--eval-batches", type=int, help="evaluation batches per timing")
     parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the timings, trace N training steps with jax.profiler (0: off)",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        default="runs/profile",
+        help="where the traces go, a folder per measurement (default runs/profile)",
+    )
 
 
 def defaults(args) -> argparse.Namespace:
@@ -269,6 +314,8 @@ def run_all(args) -> dict:
     args = defaults(args)
     names = args.configs.split(",")
     overrides = {name: configuration(name) for name in names}
+    if args.profile < 0:
+        raise UserError(f"--profile {args.profile}: a number of steps, 0 for none")
     available = jax.devices()
     counts = int_list(args.devices) if args.devices else [len(available)]
     if max(counts) > len(available):
@@ -288,6 +335,8 @@ def run_all(args) -> dict:
                     steps=args.steps,
                     epochs=args.epochs,
                     eval_batches=args.eval_batches,
+                    profile_steps=args.profile,
+                    profile_dir=Path(args.profile_dir) / f"{name}-b{batch_size}-d{count}",
                 )
                 results.append({"name": name, **result})
                 print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
@@ -314,6 +363,10 @@ def main(argv=None):
         f"{env['jax']}, {env['date']}"
     )
     print(format_table(document["results"]))
+    for result in document["results"]:
+        if "profile" in result:
+            profile = result["profile"]
+            print(f"traced {profile['steps']} training steps of {result['name']}: {profile['dir']}")
     write_json(document, args.out)
 
 

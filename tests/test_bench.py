@@ -2,9 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from test_profiling import trace_steps
 
 from alexnet_jax import bench
 from alexnet_jax.errors import UserError
+from alexnet_jax.profiling import trace_files
 
 
 def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(tmp_path, cpu_devices, capsys):
@@ -19,6 +21,8 @@ def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(tmp_path, cpu_
             "--eval-batch-size", "16",
             "--eval-batches", "1",
             "--out", str(out),
+            "--profile", "2",
+            "--profile-dir", str(tmp_path / "traces"),
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -49,6 +53,14 @@ def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(tmp_path, cpu_
     # The state is replicated, the batch split: per device, 2 devices need less than 1.
     assert runs[1]["memory"]["train_program_bytes"] < runs[0]["memory"]["train_program_bytes"]
     assert "s2d-f32-k2" in printed and f"wrote {out}" in printed
+    # --profile: after a warm-up and a timed epoch of 2 steps, the third epoch's call of 2 steps
+    # is traced, marked as the step numbered by its first global step (0-based).
+    for r in runs:
+        folder = tmp_path / "traces" / f"s2d-f32-k2-b16-d{r['devices']}"
+        assert r["profile"]["steps"] == 2 and r["profile"]["dir"] == str(folder)
+        assert [str(f.relative_to(folder)) for f in trace_files(folder)] == r["profile"]["files"]
+        assert trace_steps(folder) == ["4"]
+        assert f"traced 2 training steps of s2d-f32-k2: {folder}" in printed
 
 
 @pytest.mark.parametrize(

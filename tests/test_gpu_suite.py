@@ -1,0 +1,94 @@
+"""The GPU suite (benchmarks/gpu_suite.py, `make gpu-suite`), run at its CPU sizes."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+
+from conftest import ROOT
+
+SUITE = ROOT / "benchmarks" / "gpu_suite.py"
+
+
+def load_suite():
+    module_spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_stage_is_recorded_the_next_one_runs_and_a_long_one_is_skipped(tmp_path):
+    suite = load_suite()
+    estimate = {name: sizes["cpu"] for name, sizes in suite.ESTIMATES.items()}
+    # train-split needs more than the whole budget: skipped whatever the others take. env fits
+    # if the failing stage before it (seconds) leaves it at least 30 s of room.
+    budget = estimate["train-split"] + suite.RESERVE_SECONDS - 1
+    assert budget - suite.RESERVE_SECONDS - estimate["env"] >= 30
+    out, returned = tmp_path / "out", tmp_path / "returned"
+    empty = tmp_path / "no-data"  # tta-mnist finds no MNIST there: a real failure, at once
+    empty.mkdir()
+    out.mkdir()  # with the figures of an earlier run, which must not be taken for this one's
+    (out / "tta-mnist.json").write_text('{"reached": true}')
+    done = subprocess.run(
+        [
+            sys.executable, SUITE, "--sizes", "cpu", "--budget", str(budget),
+            "--stages", "tta-mnist,env,train-split", "--data-dir", empty,
+            "--out", out, "--archive", returned / "suite.tar.gz",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr  # a stage failed
+
+    summary = json.loads((out / "summary.json").read_text())
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert list(stages) == ["tta-mnist", "env", "train-split"]
+    assert [s["status"] for s in stages.values()] == ["failed", "ok", "skipped"], summary
+    assert summary["sizes"] == "cpu" and summary["budget_s"] == budget
+
+    failed = stages["tta-mnist"]
+    assert failed["error"].startswith("exit status 2: error: ") and "mnist" in failed["error"]
+    assert "figures" not in failed and (out / "tta-mnist.log").is_file()
+    assert not (out / "tta-mnist.json").exists()
+
+    # The stage after the failure ran and has its figures.
+    env = stages["env"]["figures"]
+    assert env["backend"] == "cpu" and env["devices"].endswith("x cpu")
+    smi = (out / "nvidia-smi.txt").read_text()
+    assert ("absent on this machine" in smi) == (shutil.which("nvidia-smi") is None)
+    assert json.loads((out / "environment.json").read_text())["backend"] == "cpu"
+
+    skipped = stages["train-split"]
+    assert skipped["reason"].startswith(f"needs about {estimate['train-split']} s, ")
+    assert "seconds" not in skipped and not (out / "train-split.log").exists()
+
+    markdown = (out / "summary.md").read_text()
+    for name, status in [("tta-mnist", "failed"), ("env", "ok"), ("train-split", "skipped")]:
+        assert f"| {name} | {status} |" in markdown
+    assert markdown in done.stdout  # printed last, for the GPU machine's output tail
+
+    # What the GPU machine returns: the folder packed, and the summaries beside it.
+    with tarfile.open(returned / "suite.tar.gz") as t:
+        names = set(t.getnames())
+    assert {"out/summary.json", "out/env.log", "out/tta-mnist.log", "out/environment.json"} <= names
+    assert (returned / "summary.md").read_text() == markdown
+
+
+def test_the_archive_keeps_the_traces_apart(tmp_path):
+    suite = load_suite()
+    out = tmp_path / "out"
+    (out / "profile" / "plugins").mkdir(parents=True)
+    (out / "profile" / "plugins" / "host.xplane.pb").write_bytes(b"trace")
+    for name in ("summary.json", "summary.md", "profile.json", "profile.log"):
+        (out / name).write_text(name)
+    suite.pack(out, tmp_path / "back" / "call1.tar.gz", profile=False)
+    with tarfile.open(tmp_path / "back" / "call1.tar.gz") as t:
+        assert sorted(t.getnames()) == [
+            "out", "out/profile.json", "out/profile.log", "out/summary.json", "out/summary.md"
+        ]  # fmt: skip
+    assert not (tmp_path / "back" / "call1-profile.tar.gz").exists()
+    suite.pack(out, tmp_path / "back" / "call1.tar.gz", profile=True)
+    with tarfile.open(tmp_path / "back" / "call1-profile.tar.gz") as t:
+        assert "profile/plugins/host.xplane.pb" in t.getnames()
+    assert (tmp_path / "back" / "summary.md").read_text() == "summary.md"
