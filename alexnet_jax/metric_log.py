@@ -91,8 +91,9 @@ class MetricLog:
             "eval_seconds": row["eval_seconds"],
             "train_images_per_second": row["train_images_per_second"],
         }
-        if "epoch_seconds" in row:
-            scalars["epoch_seconds"] = row["epoch_seconds"]
+        for key in ("checkpoint_seconds", "other_seconds", "epoch_seconds"):
+            if key in row:  # (set once the checkpoint's save has started: train.py)
+                scalars[key] = row[key]
         for key, value in scalars.items():
             self.events.scalar(f"epoch/{key}", value, step)
         if result is not None:

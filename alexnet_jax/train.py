@@ -126,8 +126,6 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                     break  # stopped within the epoch: `progress` says how far it went
                 progress = None
                 history.append(row)
-                # Before the checkpoint: a run that has one has its events on disk.
-                metric_log.log_epoch(row, result, run.data.class_names)
                 blocked = time.perf_counter()
                 # The write of the last save has long finished; a failure of it shows here.
                 checkpoints.wait()
@@ -144,6 +142,8 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                     row[key] for key in ("train_seconds", "eval_seconds", "checkpoint_seconds")
                 )
                 mark = now
+                # With the epoch's whole time split, so after the checkpoint's save has started.
+                metric_log.log_epoch(row, result, run.data.class_names)
                 if is_primary():  # the curves with each checkpoint (artifacts.write_history)
                     write(checkpoints, artifacts.write_history, run_dir, history, not unsaved)
                 say(

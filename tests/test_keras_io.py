@@ -212,7 +212,7 @@ def test_eval_predict_and_export_take_an_imported_run(
     # eval's command on the first 320 real test images (all 10,000 take too long here).
     test = Split(mnist.test.images[:320], mnist.test.labels[:320])
     few = Dataset("mnist", mnist.train, test, mnist.class_names)
-    monkeypatch.setattr(evaluation, "load_dataset", lambda *args, **kwargs: few)
+    monkeypatch.setattr(eval_cli, "load_dataset", lambda *args, **kwargs: few)
     eval_cli.main(["--ckpt", str(run), "--batch-size", "64", "--json", str(tmp_path / "eval.json")])
     assert "mnist, epoch 0 of" in capsys.readouterr().out
     assert json.loads((tmp_path / "eval.json").read_text())["num_examples"] == 320

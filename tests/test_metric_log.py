@@ -144,7 +144,7 @@ def test_the_driver_hands_over_the_finite_steps_it_fetched():
     handed = []
     log = lambda steps, seconds: handed.append(([s for s, _ in steps], seconds))  # noqa: E731
     work = [(0, 3), (3, 3), (6, 3), (9, 1)]
-    drive(State(), iter(work), 10, dispatch, 1, config, StopRequests(), log)
+    drive(State(), iter(work), 10, dispatch, 1, config, StopRequests(), on_log=log)
     assert [steps for steps, _ in handed] == [[11, 12, 13, 14, 16], [17, 18, 19, 20]]
     assert all(seconds > 0 for _, seconds in handed)
 
