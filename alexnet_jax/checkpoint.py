@@ -12,6 +12,7 @@ import argparse
 import errno
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,6 +40,19 @@ TEMPORARY_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax writes <id><suffix>... and r
 # when the config holds one out, else the test split.
 BEST_METRIC = "test_accuracy"
 FINGERPRINT_VERSION = 1
+
+
+class ReadOnlyNotices(logging.Filter):
+    """Orbax announces each read-only opening, which eval, predict, report and export ask for,
+    with warnings the user cannot act on: they are dropped."""
+
+    NOTICES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+logging.getLogger("absl").addFilter(ReadOnlyNotices())  # Orbax logs through absl's logger
 
 
 class CorruptCheckpoint(UserError):

@@ -40,6 +40,16 @@ def test_save_then_restore_gives_identical_arrays(saved_run):
     assert Checkpoints(tmp_path, read_only=True).read_config(1) == config
 
 
+def test_reading_a_run_says_nothing_of_its_own(saved_run, capfd):
+    # Orbax warns of every read-only opening ("... read_only=True, setting ...", "Given
+    # directory is read only"): the commands that read a run keep that off the terminal.
+    tmp_path, _, _ = saved_run
+    capfd.readouterr()
+    Checkpoints(tmp_path, read_only=True).read_config(1)
+    out, err = capfd.readouterr()
+    assert "read only" not in err and "read_only" not in err, err
+
+
 def test_keeps_the_last_n_and_the_best(tmp_path):
     config = tiny_config()
     state = new_state(config)
