@@ -162,7 +162,8 @@ def test_label_smoothing_is_mixed_with_the_uniform_distribution(smoothing):
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(6, 10)).astype(np.float64) * 3
     labels = rng.integers(0, 10, 6)
-    loss = cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), 10, smoothing)
+    targets = jax.nn.one_hot(jnp.asarray(labels), 10)
+    loss = cross_entropy(jnp.asarray(logits, jnp.float32), targets, smoothing)
     assert float(loss) == pytest.approx(smoothed_cross_entropy(logits, labels, smoothing), 1e-5)
 
 
