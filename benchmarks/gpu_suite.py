@@ -38,19 +38,20 @@ THIS = Path(__file__).resolve()
 
 # Seconds each stage is expected to take, with JAX's start and compilation. The CPU ones were
 # measured on the 2-core CPU of this repository's sessions while other work shared it (load
-# average near 5; about half that on an idle machine); the accelerator ones are guesses until
-# a GPU run measures them (its summary.json has each stage's seconds: put them here).
+# average near 5; about half that on an idle machine); the accelerator ones are what each stage
+# took on one H100 on 2026-11-26, rounded up (benchmarks/results/h100-2026-11-26/call*/
+# summary.json), except bench-baselines, not run there (as bench, whose compilations dominate).
 ESTIMATES = {
-    "env": {"cpu": 5, "accelerator": 30},
-    "smoke": {"cpu": 75, "accelerator": 120},
-    "bench": {"cpu": 70, "accelerator": 150},
-    "profile": {"cpu": 80, "accelerator": 60},
-    "bench-baselines": {"cpu": 70, "accelerator": 150},
-    "peers-bf16": {"cpu": 100, "accelerator": 90},
-    "peers-f32": {"cpu": 65, "accelerator": 90},
-    "tta-mnist": {"cpu": 55, "accelerator": 60},
-    "tta-cifar10": {"cpu": 60, "accelerator": 120},
-    "train-split": {"cpu": 75, "accelerator": 90},
+    "env": {"cpu": 5, "accelerator": 10},
+    "smoke": {"cpu": 75, "accelerator": 50},
+    "bench": {"cpu": 70, "accelerator": 180},
+    "profile": {"cpu": 80, "accelerator": 40},
+    "bench-baselines": {"cpu": 70, "accelerator": 180},
+    "peers-bf16": {"cpu": 100, "accelerator": 60},
+    "peers-f32": {"cpu": 65, "accelerator": 55},
+    "tta-mnist": {"cpu": 55, "accelerator": 45},
+    "tta-cifar10": {"cpu": 60, "accelerator": 110},
+    "train-split": {"cpu": 75, "accelerator": 70},
 }
 # A stage may run this many times its estimate before it is stopped (within the budget).
 LIMIT_FACTOR = 3
