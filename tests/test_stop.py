@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alexnet_jax import artifacts, predict, train
 from alexnet_jax.checkpoint import Checkpoints, load_trained
@@ -101,3 +102,11 @@ def test_a_stop_between_checkpoints_saves_a_partial_checkpoint_that_resumes_bit_
     checkpoints = Checkpoints(run / "checkpoints", read_only=True)
     assert (checkpoints.epochs(), checkpoints.partial_steps()) == ([2, 3], [])
     checkpoints.close()
+    # The confusion matrix is drawn for TensorBoard with each checkpoint (epochs 2 and 3 here).
+    assert confusion_steps(run) == [8, 12]
+    assert confusion_steps(tmp_path / "straight" / "mnist") == [4, 8, 12]
+
+
+def confusion_steps(run_dir) -> list[int]:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    return [event.step for event in accumulator.Images("epoch/test_confusion")]
