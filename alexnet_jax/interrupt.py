@@ -35,7 +35,9 @@ class StopRequests:
 
     def __init__(self):
         self.signum: int | None = None  # the signal this process received
-        self.elsewhere = False  # another process received one
+        # With several processes: whether they all decided to stop. Set by the collective in
+        # `should_stop` alone, so that every process holds the same value at the same step.
+        self.agreed = False
         self._previous = {}
 
     def _handle(self, signum, frame):
@@ -64,13 +66,23 @@ class StopRequests:
         """
         if jax.process_count() == 1:
             return self.signum is not None
-        if synchronise and not self.elsewhere:
-            self.elsewhere = any_process(self.signum is not None) and self.signum is None
-        return synchronise and (self.signum is not None or self.elsewhere)
+        # Once agreed, no process calls the collective again (one that did would wait forever).
+        if synchronise and not self.agreed:
+            self.agreed = any_process(self.signum is not None)
+        return self.agreed
 
     @property
     def stopped(self) -> bool:
-        return self.signum is not None or self.elsewhere
+        """Whether training stops: with several processes, what they last agreed (a signal
+        received since then counts at the next `should_stop(synchronise=True)`)."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        return self.agreed
+
+    @property
+    def elsewhere(self) -> bool:
+        """Stopping because another process received a signal."""
+        return self.agreed and self.signum is None
 
     @property
     def name(self) -> str:

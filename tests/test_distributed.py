@@ -3,6 +3,7 @@
 Each test starts its processes itself, bounds every wait and kills what is left on failure.
 """
 
+import re
 import signal
 import socket
 import time
@@ -87,10 +88,17 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path, cpu_dev
         if any(p.poll() is not None for p in group):
             break
         time.sleep(0.05)
-    for process in group:
-        process.send_signal(signal.SIGTERM)
+    # A stop request to process 1 alone stops both after the same step: neither is left
+    # waiting in a collective, and both name the same epoch.
+    group[1].send_signal(signal.SIGTERM)
     results = finish_group(group)
     assert [code for code, _, _ in results] == [143, 143], results
+    stopped = [
+        re.search(r"stopped by (.+?) (?:during|after) epoch (\d+)", err) for _, _, err in results
+    ]
+    assert all(stopped), results
+    assert stopped[0][1] == "a stop request to another process" and stopped[1][1] == "SIGTERM"
+    assert stopped[0][2] == stopped[1][2]
     assert "re-run the same command to resume" in results[0][2]
     assert saved_epochs(run) and saved_epochs(run)[-1] < EPOCHS
 
