@@ -14,7 +14,8 @@ def get_config():
     # The fast path (see README: Speed). None of it changes the recipe: the space-to-depth first
     # convolution has the same parameters and function, bfloat16 compute on accelerators
     # (compute_dtype "auto", float32 on a CPU) keeps float32 parameters and loss. Several steps
-    # per dispatch give the same bits but compile longer; 1 until a GPU measurement says more.
+    # per dispatch are the same steps (to rounding) but compile longer: on one H100, 8 per call
+    # trained 2.9% faster at batch 512 and compiled 5.5 s longer (README: Speed), so 1.
     config.stem = "space_to_depth"
     config.compute_dtype = "auto"
     config.steps_per_dispatch = 1

@@ -9,6 +9,19 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()
 
+# One persistent compilation cache for the tests and the processes they start: many tests
+# compile the same small programs (the tiny config's steps, evaluation, export), and XLA's
+# compilation is most of their time on a CPU. A cached executable is the one XLA compiled, so
+# results keep their bits. ALEXNET_JAX_TEST_CACHE=off runs without it.
+_CACHE = os.environ.get("ALEXNET_JAX_TEST_CACHE", "")
+if _CACHE != "off":
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR",
+        _CACHE or os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax-test-cache"),
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
