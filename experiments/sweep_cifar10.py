@@ -3,11 +3,12 @@
     python -m alexnet_jax.sweep --config experiments/sweep_cifar10.py \
         --out experiments/results/sweep-cifar10 [--only NAME ...] [--config.num_epochs=N]
 
-Sized for one 9-minute call on one H100, from issue 12's figure (the plain recipe's 100 epochs
-in about 200 s, 2 s an epoch; not measured here, there is no GPU in this session): each variant
-is 10 epochs of the 45,000 training images (about 18 s), 10 evaluations of the 5,000 held out
-(well under a second each, 10 views included) and its compilation (not measured on a GPU yet;
-30 s allowed), about 50 s; 8 variants and the data read, about 7 minutes. Short schedules favour
+Sized for one 9-minute call on one H100, from what one H100 measured on 2026-11-26 (README:
+Speed): an epoch of the plain recipe's 49,664 images trained in 1.13 s and evaluated 10,000
+images (with their mirrors) in 0.09 s, after 24 s of compilation. So each variant is 10
+epochs of the 45,000 training images (about 10 s), 10 evaluations of the 5,000 held out (well
+under a second each, 10 views included) and its compilation (about 25 s), about 40 s; 8
+variants and the data read (12 s), about 6 minutes (not run on a GPU yet). Short schedules favour
 weak regularisation: read the table as a ranking of levers to try at full length, not as their
 final effect.
 """
