@@ -41,6 +41,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_TFDS = Path(os.environ.get("ALEXNET_JAX_TEST_DATA_DIR", ROOT.parent / "shared" / "tfds"))
 
 
+# Every recipe lever that draws randomness, on.
+LEVERS = dict(
+    affine_rotation=15.0,
+    affine_scale=0.1,
+    affine_translation=0.1,
+    affine_shear=5.0,
+    mixup_alpha=0.4,
+    mixup_probability=0.5,
+    cutmix_alpha=1.0,
+    cutmix_probability=0.5,
+)
+
+
 def tiny_config(**overrides):
     """The smallest config that still runs the whole layer stack: 67x67 input, few images."""
     config = default_config()
