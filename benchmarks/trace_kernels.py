@@ -16,7 +16,8 @@ import json
 
 # Kernel name fragments and the group each belongs to, first match wins.
 GROUPS = (
-    ("convolution (cuDNN)", ("xmma_fprop", "xmma_dgrad", "xmma_wgrad", "implicit_gemm", "conv")),
+    # (Not a bare "conv": XLA's "convert" fusions would match it.)
+    ("convolution (cuDNN)", ("xmma_fprop", "xmma_dgrad", "xmma_wgrad", "implicit_gemm", "cudnn")),
     ("matrix products", ("gemm", "nvjet", "sgemm", "dot")),
     ("max-pool backward (select and scatter)", ("scatter",)),
     ("max-pool forward (reduce window)", ("reduce_window",)),
