@@ -166,3 +166,33 @@ def train_until_interrupted(config, workdir, dataset, devices, epochs: int, monk
         patch.setattr(artifacts, "write_history", interrupt)
         with pytest.raises(KeyboardInterrupt):
             train.train_and_evaluate(config, workdir, dataset, devices)
+
+
+# The test files that took longest in a cold run (2-core CPU, 2026-11-26; README: Tests and CI),
+# longest first. They run first, then the rest in their usual order: CI's two processes
+# (pytest-xdist, `--dist loadfile --no-loadscope-reorder`) take the next file in this order
+# whenever one is free, so the longest file (the real MNIST run) no longer starts last and runs
+# alone at the end.
+LONGEST_FIRST = (
+    "test_real_training.py",
+    "test_train.py",
+    "test_dispatch.py",
+    "test_distributed.py",
+    "test_kill.py",
+    "test_eval.py",
+    "test_rundir.py",
+    "test_report.py",
+    "test_stop.py",
+    "test_checkpoint.py",
+    "test_keras_io.py",
+    "test_bench.py",
+    "test_predict.py",
+    "test_ema.py",
+    "test_export.py",
+    "test_model.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
