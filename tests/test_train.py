@@ -17,7 +17,7 @@ from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import NonFiniteLoss, build
-from alexnet_jax.step import TrainCalls
+from alexnet_jax.step import TrainCalls, all_finite
 
 from conftest import LEVERS, new_state, single_steps, tiny_config, train_until_interrupted
 
@@ -266,3 +266,13 @@ def test_a_failing_save_keeps_the_previous_checkpoint(
     checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints", read_only=True)
     assert checkpoints.epochs() == [1]
     checkpoints.restore(1, new_state(tiny_config()), make_mesh())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_non_finite_element_in_any_leaf(bad):
+    tree = {"a": np.zeros((3, 4), np.float32), "b": np.full(5, 3e38, np.float32), "n": np.arange(3)}
+    assert bool(jax.jit(all_finite)(tree))  # large but finite values (their sum overflows)
+    for leaf, index in (("a", (2, 1)), ("b", (0,))):
+        poisoned = {**tree, leaf: tree[leaf].copy()}
+        poisoned[leaf][index] = bad
+        assert not bool(jax.jit(all_finite)(poisoned))
