@@ -23,6 +23,7 @@ from ml_collections import config_dict
 from alexnet_jax.data import DATASETS, DatasetSpec, spec
 from alexnet_jax.errors import UserError, first_line
 from alexnet_jax.model import MIN_IMAGE_SIZE, STEMS
+from alexnet_jax.pooling import POOL_BACKWARDS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,6 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
     # How the 11x11/4 first convolution is computed: space_to_depth (a 3x3/1 convolution over
     # 4x4 blocks, faster on accelerators) or conv11; the same parameters and function.
     c.stem = "space_to_depth"
+    # How the max-poolings' gradient is computed: select_and_scatter (JAX's rule) or masks
+    # (nine shifted comparisons XLA fuses, aimed at GPUs; pooling.py): the same gradient.
+    c.pool_backward = "select_and_scatter"
     c.seed = 0
 
     c.num_epochs = 30
@@ -107,9 +111,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Fields that may change when a run resumes: they do not alter what has been computed. (`stem`
-# computes the same function, up to float rounding. `steps_per_dispatch` is not among them: its
-# momentum and moving average of the small leaves round a few ulp apart, so a resume with
-# another value would not give the run's bits.)
+# and `pool_backward` compute the same function and gradient, up to float rounding.
+# `steps_per_dispatch` is not among them: its momentum and moving average of the small leaves
+# round a few ulp apart, so a resume with another value would not give the run's bits.)
 RESUMABLE_CHANGES = frozenset(
     {
         "data_dir",
@@ -120,6 +124,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_batch_size",
         "nonfinite",
         "stem",
+        "pool_backward",
     }
 )
 
@@ -127,6 +132,7 @@ CHOICES = {
     "dataset": tuple(sorted(DATASETS)),
     "compute_dtype": ("auto", "float32", "bfloat16"),
     "stem": STEMS,
+    "pool_backward": POOL_BACKWARDS,
     "optimizer": ("sgd", "adamw"),
     "schedule": ("warmup_cosine", "constant"),
     "nonfinite": ("stop", "skip"),

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax.pooling import POOL_BACKWARDS, max_pool
+
 # Keras defaults, which the seed model uses: glorot-uniform kernels, zero biases, and
 # BatchNormalization(momentum=0.99, epsilon=1e-3).
 KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -70,6 +72,8 @@ class AlexNet(nn.Module):
       stem: how the 11x11/4 first convolution is computed (`STEMS`): "conv11" as it is written,
         "space_to_depth" as a 3x3/1 convolution over 4x4 blocks of the input, with the same
         parameters. Parameters and checkpoints are the same for both.
+      pool_backward: how the max-poolings' gradient is computed (`pooling.POOL_BACKWARDS`);
+        the same gradient either way, the forward pass is the same.
     """
 
     num_classes: int = 10
@@ -78,6 +82,7 @@ class AlexNet(nn.Module):
     param_dtype: Any = jnp.float32
     axis_name: str | None = None
     stem: str = "space_to_depth"
+    pool_backward: str = "select_and_scatter"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -88,6 +93,11 @@ class AlexNet(nn.Module):
             )
         if self.stem not in STEMS:
             raise ValueError(f"unknown stem {self.stem!r}: use one of {', '.join(STEMS)}")
+        if self.pool_backward not in POOL_BACKWARDS:
+            raise ValueError(
+                f"unknown pool backward {self.pool_backward!r}: "
+                f"use one of {', '.join(POOL_BACKWARDS)}"
+            )
         x = x.astype(self.dtype)
         for name, kind, args in LAYERS:
             x = self._layer(name, kind, train, **args)(x)
@@ -112,6 +122,8 @@ class AlexNet(nn.Module):
                 axis_name=self.axis_name if train else None,
                 **precision,
             )
+        if kind == "pool" and self.pool_backward != "select_and_scatter":
+            return lambda y: max_pool(y, self.pool_backward)
         if kind == "pool":
             # window_shape by keyword: jax2onnx (the ONNX export) replaces nn.max_pool while it
             # traces with a function that takes no other positional argument than the input.

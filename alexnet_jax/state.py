@@ -57,6 +57,7 @@ def make_model(config: ml_collections.ConfigDict, derived: Derived) -> AlexNet:
         dtype=derived.dtype,
         axis_name=DATA_AXIS,
         stem=config.stem,
+        pool_backward=config.pool_backward,
     )
 
 

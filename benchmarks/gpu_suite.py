@@ -35,18 +35,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve()
+# alexnet_jax.pooling.POOL_BACKWARDS (tested equal): the suite's own process never imports JAX.
+POOL_BACKWARDS = ("select_and_scatter", "masks")
 
 # Seconds each stage is expected to take, with JAX's start and compilation. The CPU ones were
 # measured on the 2-core CPU of this repository's sessions while other work shared it (load
 # average near 5; about half that on an idle machine); the accelerator ones are what each stage
 # took on one H100 on 2026-11-26, rounded up (benchmarks/results/h100-2026-11-26/call*/
-# summary.json), except bench-baselines, not run there (as bench, whose compilations dominate).
+# summary.json), except bench-baselines, not run there (as bench, whose compilations dominate),
+# and bench-pool, added after (bench's one-step half twice: an estimate, not yet measured).
 ESTIMATES = {
     "env": {"cpu": 5, "accelerator": 10},
     "smoke": {"cpu": 75, "accelerator": 50},
     "bench": {"cpu": 70, "accelerator": 180},
     "profile": {"cpu": 80, "accelerator": 40},
     "bench-baselines": {"cpu": 70, "accelerator": 180},
+    "bench-pool": {"cpu": 140, "accelerator": 150},
     "peers-bf16": {"cpu": 100, "accelerator": 60},
     "peers-f32": {"cpu": 65, "accelerator": 55},
     "tta-mnist": {"cpu": 55, "accelerator": 45},
@@ -115,6 +119,28 @@ def bench_commands(configs: str, batches: str, name: str, extra=()):
         ]  # fmt: skip
 
     return commands
+
+
+def pool_commands(ctx: Context) -> list[list[str]]:
+    """bench's one-step configuration with each way of computing the max-pool gradient."""
+    return [
+        command
+        for backward in POOL_BACKWARDS
+        for command in bench_commands(
+            "s2d-bf16-k1",
+            "512,1024",
+            f"bench-pool-{backward}",
+            extra=(f"--config.pool_backward={backward}",),
+        )(ctx)
+    ]
+
+
+def pool_figures(ctx: Context, seconds: float) -> dict:
+    return {
+        f"{backward}: {key}": value
+        for backward in POOL_BACKWARDS
+        for key, value in bench_figures(f"bench-pool-{backward}")(ctx, seconds).items()
+    }
 
 
 def profile_commands(ctx: Context) -> list[list[str]]:
@@ -361,6 +387,13 @@ STAGES = [
         "the plain stem, float32 and bfloat16, batch 512 and 1024",
         bench_commands("conv11-f32-k1,conv11-bf16-k1", "512,1024", "bench-baselines"),
         bench_figures("bench-baselines"),
+    ),
+    Stage(
+        "bench-pool",
+        "s2d-bf16-k1, batch 512 and 1024, with each max-pool gradient (pool_backward) in turn",
+        pool_commands,
+        pool_figures,
+        outputs=tuple(f"bench-pool-{backward}.json" for backward in POOL_BACKWARDS),
     ),
     Stage(
         "peers-bf16",

@@ -92,3 +92,17 @@ def test_the_archive_keeps_the_traces_apart(tmp_path):
     with tarfile.open(tmp_path / "back" / "call1-profile.tar.gz") as t:
         assert "profile/plugins/host.xplane.pb" in t.getnames()
     assert (tmp_path / "back" / "summary.md").read_text() == "summary.md"
+
+
+def test_the_pool_stage_runs_each_pool_backward_of_the_model():
+    from alexnet_jax.pooling import POOL_BACKWARDS
+
+    suite = load_suite()
+    assert suite.POOL_BACKWARDS == POOL_BACKWARDS
+    context = suite.Context(ROOT / "out", ROOT / "work", sizes="accelerator", data_dir=None)
+    commands = suite.BY_NAME["bench-pool"].commands(context)
+    assert [c[c.index("--configs") + 1] for c in commands] == ["s2d-bf16-k1"] * 2
+    assert [c[-3] for c in commands] == [f"--config.pool_backward={b}" for b in POOL_BACKWARDS]
+    assert [c[-1] for c in commands] == [
+        str(ROOT / "out" / f"bench-pool-{b}.json") for b in POOL_BACKWARDS
+    ]

@@ -1,0 +1,78 @@
+"""The model's 3x3/2 max-pooling, with a choice of how its gradient is computed.
+
+The forward pass is always XLA's `reduce_window` max (what `flax.linen.max_pool` runs). Its
+gradient, by JAX's rule, is XLA's select-and-scatter: on one H100 that kernel took 11% of the
+training step (benchmarks/results/h100-2026-11-26/profile-kernels.txt). `POOL_BACKWARDS`:
+
+- "select_and_scatter": JAX's rule.
+- "masks": the same gradient from nine shifted comparisons, elementwise work that XLA fuses: each
+  window's gradient goes to the first of its maxima in row-major order, as select-and-scatter
+  chooses, and each input sums what its windows send it in row-major window order. On a CPU the
+  two give the same bits (tests/test_pooling.py); on a GPU, whose select-and-scatter adds with
+  atomics, the sums may round apart.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+POOL_BACKWARDS = ("select_and_scatter", "masks")
+WINDOW, STRIDE = 3, 2
+
+
+def max_pool(x: jax.Array, backward: str = "select_and_scatter") -> jax.Array:
+    """3x3/2 VALID max-pooling of NHWC `x`, its gradient computed as `backward` says."""
+    if backward == "select_and_scatter":
+        return _reduce_window_max(x)
+    if backward == "masks":
+        return _max_pool_masks(x)
+    raise ValueError(f"unknown pool backward {backward!r}: use one of {', '.join(POOL_BACKWARDS)}")
+
+
+def _reduce_window_max(x):
+    window, strides = (1, WINDOW, WINDOW, 1), (1, STRIDE, STRIDE, 1)
+    return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, "VALID")
+
+
+def _window_slice(x, dy: int, dx: int, out_h: int, out_w: int):
+    """x[:, dy + 2i, dx + 2j, :] for every output position (i, j): the windows' (dy, dx) element."""
+    n, _, _, c = x.shape
+    limit = (n, dy + STRIDE * (out_h - 1) + 1, dx + STRIDE * (out_w - 1) + 1, c)
+    return lax.slice(x, (0, dy, dx, 0), limit, (1, STRIDE, STRIDE, 1))
+
+
+@jax.custom_vjp
+def _max_pool_masks(x):
+    return _reduce_window_max(x)
+
+
+def _forward(x):
+    y = _reduce_window_max(x)
+    return y, (x, y)
+
+
+def _backward(residuals, g):
+    x, y = residuals
+    _, height, width, _ = x.shape
+    out_h, out_w = y.shape[1:3]
+    offsets = [(dy, dx) for dy in range(WINDOW) for dx in range(WINDOW)]
+    # Each window's first maximum in row-major order gets its gradient; the rest get none.
+    taken = jnp.zeros(y.shape, bool)
+    sent = {}
+    for dy, dx in offsets:
+        first = (_window_slice(x, dy, dx, out_h, out_w) == y) & ~taken
+        taken = taken | first
+        sent[dy, dx] = jnp.where(first, g, jnp.zeros_like(g))
+    # Back to the input's positions (a strided scatter is a pad with interior zeros), summed
+    # with the larger offsets first: for any one input that is its windows in row-major order.
+    zero = jnp.zeros((), g.dtype)
+    grad = jnp.zeros_like(x)
+    for dy, dx in reversed(offsets):
+        high_y = height - dy - STRIDE * (out_h - 1) - 1
+        high_x = width - dx - STRIDE * (out_w - 1) - 1
+        padding = ((0, 0, 0), (dy, high_y, STRIDE - 1), (dx, high_x, STRIDE - 1), (0, 0, 0))
+        grad = grad + lax.pad(sent[dy, dx], zero, padding)
+    return (grad,)
+
+
+_max_pool_masks.defvjp(_forward, _backward)
