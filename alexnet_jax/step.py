@@ -112,8 +112,9 @@ def all_finite(tree) -> jax.Array:
     """Whether every element of every floating-point leaf is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     # x * 0 is 0 where x is finite and NaN where it is not, so the sum is finite exactly when
-    # every element is: one fused reduction per leaf. (jnp.all(jnp.isfinite(x)) made XLA:CPU
-    # write a boolean array as large as the leaf and reduce it in a second pass.)
+    # every element is: one fused reduction per leaf. (XLA simplifies x * 0 to 0 for integers
+    # only, so the NaNs stay. jnp.all(jnp.isfinite(x)) made XLA:CPU write a boolean array as
+    # large as the leaf and reduce it in a second pass.)
     return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(x * 0)) for x in leaves]))
 
 
