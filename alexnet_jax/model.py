@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax.pooling import POOL_BACKWARDS, max_pool
+from alexnet_jax.pooling import POOL_BACKWARDS, max_pool_masks
 
 # Keras defaults, which the seed model uses: glorot-uniform kernels, zero biases, and
 # BatchNormalization(momentum=0.99, epsilon=1e-3).
@@ -122,8 +122,8 @@ class AlexNet(nn.Module):
                 axis_name=self.axis_name if train else None,
                 **precision,
             )
-        if kind == "pool" and self.pool_backward != "select_and_scatter":
-            return lambda y: max_pool(y, self.pool_backward)
+        if kind == "pool" and self.pool_backward == "masks":
+            return max_pool_masks
         if kind == "pool":
             # window_shape by keyword: jax2onnx (the ONNX export) replaces nn.max_pool while it
             # traces with a function that takes no other positional argument than the input.

@@ -55,7 +55,7 @@ def plot_samples(
     height, width = images.shape[1:3]
     gap = max(height, width) // 3
     canvas = mosaic(images, columns, gap)
-    rows = -(-len(images) // columns)
+    rows = canvas.shape[0] // (height + gap)
     fig = Figure(figsize=(columns * 1.4, rows * 1.6 + 0.3))
     ax = fig.add_axes((0.005, 0.005, 0.99, 1 - 0.3 / (rows * 1.6 + 0.3)))
     ax.imshow(canvas.squeeze(-1) if canvas.shape[-1] == 1 else canvas, cmap="gray")

@@ -2,14 +2,15 @@
 
 The forward pass is always XLA's `reduce_window` max (what `flax.linen.max_pool` runs). Its
 gradient, by JAX's rule, is XLA's select-and-scatter: on one H100 that kernel took 11% of the
-training step (benchmarks/results/h100-2026-11-26/profile-kernels.txt). `POOL_BACKWARDS`:
+training step (benchmarks/results/h100-2026-11-26/profile-kernels.txt). `POOL_BACKWARDS`, the
+model's choices (`AlexNet.pool_backward`):
 
-- "select_and_scatter": JAX's rule.
-- "masks": the same gradient from nine shifted comparisons, elementwise work that XLA fuses: each
-  window's gradient goes to the first of its maxima in row-major order, as select-and-scatter
-  chooses, and each input sums what its windows send it in row-major window order. On a CPU the
-  two give the same bits (tests/test_pooling.py); on a GPU, whose select-and-scatter adds with
-  atomics, the sums may round apart.
+- "select_and_scatter": JAX's rule (the model calls `flax.linen.max_pool`).
+- "masks" (`max_pool_masks`): the same gradient from nine shifted comparisons, elementwise
+  work that XLA fuses: each window's gradient goes to the first of its maxima in row-major
+  order, as select-and-scatter chooses, and each input sums what its windows send it in
+  row-major window order. On a CPU the two give the same bits (tests/test_pooling.py); on a
+  GPU, whose select-and-scatter adds with atomics, the sums may round apart.
 """
 
 import jax
@@ -18,15 +19,6 @@ from jax import lax
 
 POOL_BACKWARDS = ("select_and_scatter", "masks")
 WINDOW, STRIDE = 3, 2
-
-
-def max_pool(x: jax.Array, backward: str = "select_and_scatter") -> jax.Array:
-    """3x3/2 VALID max-pooling of NHWC `x`, its gradient computed as `backward` says."""
-    if backward == "select_and_scatter":
-        return _reduce_window_max(x)
-    if backward == "masks":
-        return _max_pool_masks(x)
-    raise ValueError(f"unknown pool backward {backward!r}: use one of {', '.join(POOL_BACKWARDS)}")
 
 
 def _reduce_window_max(x):
@@ -42,7 +34,8 @@ def _window_slice(x, dy: int, dx: int, out_h: int, out_w: int):
 
 
 @jax.custom_vjp
-def _max_pool_masks(x):
+def max_pool_masks(x: jax.Array) -> jax.Array:
+    """3x3/2 VALID max-pooling of NHWC `x` (as `flax.linen.max_pool`), its gradient from masks."""
     return _reduce_window_max(x)
 
 
@@ -75,4 +68,4 @@ def _backward(residuals, g):
     return (grad,)
 
 
-_max_pool_masks.defvjp(_forward, _backward)
+max_pool_masks.defvjp(_forward, _backward)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.model import AlexNet
-from alexnet_jax.pooling import max_pool
+from alexnet_jax.pooling import max_pool_masks
 
 
 def reference_pool(x):
@@ -36,9 +36,7 @@ def test_masks_give_select_and_scatters_bits(shape, values, dtype):
     out_shape = (shape[0], (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1, shape[3])
     cotangent = jnp.asarray(rng.normal(size=out_shape), dtype)
     expected = jax.jit(pool_and_gradient, static_argnums=0)(reference_pool, x, cotangent)
-    masks = jax.jit(pool_and_gradient, static_argnums=0)(
-        lambda v: max_pool(v, "masks"), x, cotangent
-    )
+    masks = jax.jit(pool_and_gradient, static_argnums=0)(max_pool_masks, x, cotangent)
     for a, b in zip(expected, masks, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert a.tobytes() == b.tobytes()
@@ -69,4 +67,4 @@ def test_the_model_trains_with_the_same_gradients_either_way():
 
 def test_an_unknown_backward_is_refused():
     with pytest.raises(ValueError, match="unknown pool backward 'avg'"):
-        max_pool(jnp.zeros((1, 3, 3, 1)), "avg")
+        AlexNet(pool_backward="avg").init(jax.random.key(0), jnp.zeros((1, 67, 67, 1)))
