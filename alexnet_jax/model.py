@@ -82,7 +82,7 @@ class AlexNet(nn.Module):
     param_dtype: Any = jnp.float32
     axis_name: str | None = None
     stem: str = "space_to_depth"
-    pool_backward: str = "select_and_scatter"
+    pool_backward: str = "masks"
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -2,11 +2,12 @@
 
 The forward pass is always XLA's `reduce_window` max (what `flax.linen.max_pool` runs). Its
 gradient, by JAX's rule, is XLA's select-and-scatter: on one H100 that kernel took 11% of the
-training step (benchmarks/results/h100-2026-11-26/profile-kernels.txt). `POOL_BACKWARDS`, the
-model's choices (`AlexNet.pool_backward`):
+training step (benchmarks/results/h100-2026-11-26/call1/profile-kernels.txt), and the step ran
+9% faster with the masks below (README: Speed). `POOL_BACKWARDS`, the model's choices
+(`AlexNet.pool_backward`):
 
 - "select_and_scatter": JAX's rule (the model calls `flax.linen.max_pool`).
-- "masks" (`max_pool_masks`): the same gradient from nine shifted comparisons, elementwise
+- "masks" (`max_pool_masks`, the default): the same gradient from nine shifted comparisons, elementwise
   work that XLA fuses: each window's gradient goes to the first of its maxima in row-major
   order, as select-and-scatter chooses, and each input sums what its windows send it in
   row-major window order. On a CPU the two give the same bits (tests/test_pooling.py); on a

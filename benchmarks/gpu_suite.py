@@ -42,15 +42,15 @@ POOL_BACKWARDS = ("select_and_scatter", "masks")
 # measured on the 2-core CPU of this repository's sessions while other work shared it (load
 # average near 5; about half that on an idle machine); the accelerator ones are what each stage
 # took on one H100 on 2026-11-26, rounded up (benchmarks/results/h100-2026-11-26/call*/
-# summary.json), except bench-baselines, not run there (as bench, whose compilations dominate),
-# and bench-pool, added after (bench's one-step half twice: an estimate, not yet measured).
+# summary.json, and second-session/call*/ for bench-pool), except bench-baselines, not run there
+# (as bench, whose compilations dominate).
 ESTIMATES = {
     "env": {"cpu": 5, "accelerator": 10},
     "smoke": {"cpu": 75, "accelerator": 50},
     "bench": {"cpu": 70, "accelerator": 180},
     "profile": {"cpu": 80, "accelerator": 40},
     "bench-baselines": {"cpu": 70, "accelerator": 180},
-    "bench-pool": {"cpu": 140, "accelerator": 150},
+    "bench-pool": {"cpu": 140, "accelerator": 180},
     "peers-bf16": {"cpu": 100, "accelerator": 60},
     "peers-f32": {"cpu": 65, "accelerator": 55},
     "tta-mnist": {"cpu": 55, "accelerator": 45},
