@@ -3,14 +3,12 @@
     python -m alexnet_jax.sweep --config experiments/sweep_cifar10.py \
         --out experiments/results/sweep-cifar10 [--only NAME ...] [--config.num_epochs=N]
 
-Sized for one 9-minute call on one H100, from what one H100 measured on 2026-11-26 (README:
-Speed): an epoch of the plain recipe's 49,664 images trained in 1.13 s and evaluated 10,000
-images (with their mirrors) in 0.09 s, after 24 s of compilation. So each variant is 10
-epochs of the 45,000 training images (about 10 s), 10 evaluations of the 5,000 held out (well
-under a second each, 10 views included) and its compilation (about 25 s), about 40 s; 8
-variants and the data read (12 s), about 6 minutes (not run on a GPU yet). Short schedules favour
-weak regularisation: read the table as a ranking of levers to try at full length, not as their
-final effect.
+Sized for one 9-minute call on one H100. Measured there on 2026-11-26 (README: Tuning sweeps;
+experiments/results/sweep-cifar10/): at the file's 10 epochs, the first variant took 42 s with
+its compilation and each later one 20 to 26 s, so all of them fit in about 5 minutes; at 50
+epochs (`--config.num_epochs=50`), 83 s and then about 60 s each, so about 6 variants per call
+(`--only`). Short schedules favour weak regularisation: at 10 epochs every regulariser was
+behind the plain recipe, at 50 cutout 16 px was ahead; compare levers at full length.
 """
 
 from pathlib import Path
@@ -39,6 +37,9 @@ def get_variants():
             "cutmix_probability": 0.5,
         },
         "ema": {"ema_decay": 0.998},
+        # Cutout led at 50 epochs (2026-11-26): with the levers it may combine with.
+        "cutout16_ema": {"cutout": 16, "ema_decay": 0.998},
+        "cutout16_mixup": {"cutout": 16, "mixup_alpha": 0.2, "mixup_probability": 0.5},
         # The same training as base (the same seed and recipe): only the evaluation differs.
         "views_flip_shift1": {"eval_shift": 1},
     }
