@@ -7,10 +7,10 @@ training step (benchmarks/results/h100-2026-11-26/call1/profile-kernels.txt), an
 (`AlexNet.pool_backward`):
 
 - "select_and_scatter": JAX's rule (the model calls `flax.linen.max_pool`).
-- "masks" (`max_pool_masks`, the default): the same gradient from nine shifted comparisons, elementwise
-  work that XLA fuses: each window's gradient goes to the first of its maxima in row-major
-  order, as select-and-scatter chooses, and each input sums what its windows send it in
-  row-major window order. On a CPU the two give the same bits (tests/test_pooling.py); on a
+- "masks" (`max_pool_masks`, the default): the same gradient from nine shifted comparisons,
+  elementwise work that XLA fuses: each window's gradient goes to the first of its maxima in
+  row-major order, as select-and-scatter chooses, and each input sums what its windows send it
+  in row-major window order. On a CPU the two give the same bits (tests/test_pooling.py); on a
   GPU, whose select-and-scatter adds with atomics, the sums may round apart.
 """
 

@@ -55,7 +55,7 @@ ESTIMATES = {
     "peers-f32": {"cpu": 65, "accelerator": 55},
     "tta-mnist": {"cpu": 55, "accelerator": 45},
     "tta-cifar10": {"cpu": 60, "accelerator": 110},
-    "train-split": {"cpu": 75, "accelerator": 70},
+    "train-split": {"cpu": 75, "accelerator": 130},  # 50 epochs: 10 took 69 s
 }
 # A stage may run this many times its estimate before it is stopped (within the budget).
 LIMIT_FACTOR = 3
@@ -187,8 +187,9 @@ def tta_commands(dataset: str, name: str):
 
 
 def train_split_commands(ctx: Context) -> list[list[str]]:
-    # `make train-cifar10`, shortened: 10 epochs with the default checkpoint_every (10) save as
-    # often, per epoch, as its 50 epochs do.
+    # A whole `make train-cifar10` (50 epochs), as issue 11's ratio is defined: 10 epochs
+    # (2026-11-26) weighed the run's last checkpoint, which waits for its write, five times too
+    # much. On a CPU 2 tiny epochs, each checkpointed.
     sizes = [*CPU_DATA, "--config.num_epochs=2", "--config.checkpoint_every=1"] if ctx.cpu else []
     workdir = ctx.workdir / "train-split"
     return [
@@ -196,7 +197,7 @@ def train_split_commands(ctx: Context) -> list[list[str]]:
         ctx.python(
             "-m", "alexnet_jax.train", "--config", "experiments/cifar10.py",
             "--workdir", workdir, *ctx.data_flags(),
-            *(sizes or ["--config.num_epochs=10"]),
+            *sizes,
         )
     ]  # fmt: skip
 
@@ -424,7 +425,7 @@ STAGES = [
     ),
     Stage(
         "train-split",
-        "train-cifar10 for 10 epochs: each epoch's train/eval/checkpoint/other seconds",
+        "a whole train-cifar10: each epoch's train/eval/checkpoint/other seconds",
         train_split_commands,
         train_split_figures,
         outputs=("train-split-metrics.jsonl",),
