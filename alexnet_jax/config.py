@@ -100,6 +100,10 @@ def default_config() -> ml_collections.ConfigDict:
     # saving every epoch would cost a third of the run, every 10th about 3%. On a machine
     # where an epoch takes minutes, pass 1.
     c.checkpoint_every = 10
+    # Epochs between evaluations; the last epoch and every checkpointed one are always
+    # evaluated, so each checkpoint carries its accuracy (the best one is chosen by it). On one
+    # H100 an evaluation of CIFAR-10's test split (with mirrors) took 8% of an epoch's training.
+    c.eval_every = 1
     c.log_every = 20  # steps between progress-bar updates (each one waits for the device)
     # Training steps run by one call to the devices (unrolled): the same steps as one at a time,
     # equal to float rounding (step.make_train_steps). Stop requests and progress take effect
@@ -121,6 +125,7 @@ RESUMABLE_CHANGES = frozenset(
         "download",
         "keep_checkpoints",
         "checkpoint_every",
+        "eval_every",
         "log_every",
         "eval_batch_size",
         "nonfinite",
@@ -235,6 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "eval_batch_size": 1,
         "keep_checkpoints": 1,
         "checkpoint_every": 1,
+        "eval_every": 1,
         "log_every": 1,
         "steps_per_dispatch": 1,
         "train_examples": 0,

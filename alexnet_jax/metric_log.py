@@ -84,13 +84,14 @@ class MetricLog:
         scalars = {
             "train_loss": row["train_loss"],
             "train_accuracy": row["train_accuracy"],
-            f"{split}_loss": row["test_loss"],
-            f"{split}_accuracy": row["test_accuracy"],
             "skipped_steps": row["skipped_steps"],
             "train_seconds": row["train_seconds"],
             "eval_seconds": row["eval_seconds"],
             "train_images_per_second": row["train_images_per_second"],
         }
+        if "test_accuracy" in row:  # (an epoch between evaluations has none: eval_every)
+            scalars[f"{split}_loss"] = row["test_loss"]
+            scalars[f"{split}_accuracy"] = row["test_accuracy"]
         for key in ("checkpoint_seconds", "other_seconds", "epoch_seconds"):
             if key in row:  # (set once the checkpoint's save has started: train.py)
                 scalars[key] = row[key]

@@ -15,15 +15,22 @@ from matplotlib.figure import Figure  # the object API draws with Agg; no displa
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    """Train and test loss and accuracy per epoch, side by side (like the seed's *_loss.png)."""
+    """Train and test loss and accuracy per epoch, side by side (like the seed's *_loss.png);
+    the test curve has the evaluated epochs' points (`eval_every`)."""
     epochs = [row["epoch"] for row in history]
+    tested = [row for row in history if "test_accuracy" in row]
     fig = Figure(figsize=(11, 4))
     loss_ax, acc_ax = fig.subplots(
         1, 2, gridspec_kw=dict(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.22)
     )
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label="train")
-        ax.plot(epochs, [row[f"test_{metric}"] for row in history], "o-", label="test")
+        ax.plot(
+            [row["epoch"] for row in tested],
+            [row[f"test_{metric}"] for row in tested],
+            "o-",
+            label="test",
+        )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

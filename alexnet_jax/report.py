@@ -178,15 +178,22 @@ def _metrics_table(history: list[dict]) -> str:
     if not history:
         return "<p>No metrics recorded.</p>"
     last = history[-1]
-    split = last.get("eval_split", "test")
-    best = max(history, key=lambda row: row["test_accuracy"])
     rows = [
         ("epochs", f"{last['epoch']}"),
         ("train loss", f"{last['train_loss']:.4f}"),
         ("train accuracy", f"{last['train_accuracy']:.2%}"),
-        (f"{split} loss", f"{last['test_loss']:.4f}"),
-        (f"{split} accuracy", f"{last['test_accuracy']:.2%}"),
-        (f"best {split} accuracy", f"{best['test_accuracy']:.2%} (epoch {best['epoch']})"),
+    ]
+    # The evaluated epochs (eval_every); a checkpoint's own epoch always is.
+    tested = [row for row in history if "test_accuracy" in row]
+    if tested:
+        split = tested[-1].get("eval_split", "test")
+        best = max(tested, key=lambda row: row["test_accuracy"])
+        rows += [
+            (f"{split} loss", f"{tested[-1]['test_loss']:.4f}"),
+            (f"{split} accuracy", f"{tested[-1]['test_accuracy']:.2%}"),
+            (f"best {split} accuracy", f"{best['test_accuracy']:.2%} (epoch {best['epoch']})"),
+        ]
+    rows += [
         ("seconds per epoch (last)", f"{last.get('epoch_seconds', float('nan')):.1f}"),
         ("training images/s (last)", f"{last.get('train_images_per_second', float('nan')):.0f}"),
     ]

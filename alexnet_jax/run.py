@@ -163,12 +163,15 @@ def run_epoch(
     progress: EpochProgress | None = None,
     on_log=None,
     timer=None,
+    evaluate: bool = True,
 ):
     """Train epoch `epoch` (0-based), then evaluate: (state, the epoch's row, the evaluation).
 
     The row and the evaluation are None when a stop was requested: the epoch is then incomplete
-    and not evaluated. `progress`, when given, is where the epoch goes on from (a stopped one)
-    and is brought up to where it stopped. `on_log` and `timer`: see `drive`.
+    and not evaluated. With `evaluate` False the evaluation is None and the row has no
+    evaluation fields (`add_evaluation` adds them later). `progress`, when given, is where the
+    epoch goes on from (a stopped one) and is brought up to where it stopped. `on_log` and
+    `timer`: see `drive`.
     """
     progress = progress or EpochProgress(epoch)
     start = time.perf_counter()
@@ -180,22 +183,28 @@ def run_epoch(
     progress.train_seconds += trained - start
     if stop.stopped:
         return state, None, None
-    result = run.evaluate(state)
-    evaluated = time.perf_counter()
     row = {
         "epoch": epoch + 1,
         "step": int(state.step),
         "train_loss": float(totals["loss_sum"] / totals["count"]),
         "train_accuracy": float(totals["correct"] / totals["count"]),
-        "test_loss": result.loss,
-        "test_accuracy": result.accuracy,
-        "eval_split": run.data.eval_name,
         "skipped_steps": totals["skipped"],
         "train_seconds": progress.train_seconds,
-        "eval_seconds": evaluated - trained,
+        "eval_seconds": 0.0,
         "train_images_per_second": float(totals["count"]) / progress.train_seconds,
     }
+    result = add_evaluation(run, state, row) if evaluate else None
     return state, row, result
+
+
+def add_evaluation(run: Run, state: TrainState, row: dict) -> EvalResult:
+    """Evaluate `state` and put the figures and their time into its epoch's `row`."""
+    start = time.perf_counter()
+    result = run.evaluate(state)
+    row["test_loss"], row["test_accuracy"] = result.loss, result.accuracy
+    row["eval_split"] = run.data.eval_name
+    row["eval_seconds"] += time.perf_counter() - start
+    return result
 
 
 def train_epoch(

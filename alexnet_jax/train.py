@@ -36,7 +36,14 @@ from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
 from alexnet_jax.metric_log import MetricLog
 from alexnet_jax.parallel import replicated
-from alexnet_jax.run import TIMING_FIELDS, EpochProgress, build, run_epoch, say
+from alexnet_jax.run import (
+    TIMING_FIELDS,
+    EpochProgress,
+    add_evaluation,
+    build,
+    run_epoch,
+    say,
+)
 
 
 def train_and_evaluate(
@@ -119,18 +126,21 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                 if stop.should_stop(synchronise=True):  # asked during an evaluation or a save
                     break
                 progress = progress or EpochProgress(epoch)
+                last = epoch + 1 == config.num_epochs
+                saves = last or (epoch + 1) % config.checkpoint_every == 0
+                # Every checkpointed epoch is evaluated: the best checkpoint is chosen by it.
+                evaluate = saves or (epoch + 1) % config.eval_every == 0
                 state, row, result = run_epoch(
-                    run, state, epoch, stop, progress, metric_log.log_steps, timer
+                    run, state, epoch, stop, progress, metric_log.log_steps, timer, evaluate
                 )
                 if row is None:
                     break  # stopped within the epoch: `progress` says how far it went
                 progress = None
+                unsaved = not saves
                 history.append(row)
                 blocked = time.perf_counter()
                 # The write of the last save has long finished; a failure of it shows here.
                 checkpoints.wait()
-                last = epoch + 1 == config.num_epochs
-                unsaved = not last and (epoch + 1) % config.checkpoint_every != 0
                 if not unsaved:
                     checkpoints.save(epoch + 1, state, config, history)
                 if last:
@@ -149,16 +159,15 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                 metric_log.log_epoch(row, figure, run.data.class_names)
                 if is_primary():  # the curves with each checkpoint (artifacts.write_history)
                     write(checkpoints, artifacts.write_history, run_dir, history, not unsaved)
-                say(
-                    f"epoch {row['epoch']}/{config.num_epochs}: train loss "
-                    f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                    f"{row['eval_split']} loss {row['test_loss']:.4f} acc "
-                    f"{row['test_accuracy']:.4f} | {row['train_seconds']:.1f} s training "
-                    f"({row['train_images_per_second']:.0f} img/s), "
-                    f"{row['eval_seconds']:.1f} s evaluation"
-                    + ("" if unsaved else f", {row['checkpoint_seconds']:.1f} s checkpoint")
-                )
+                say(epoch_line(row, config.num_epochs, unsaved))
             if stop.stopped and len(history) < config.num_epochs:
+                between_epochs = progress is None or not progress.steps_done
+                if unsaved and between_epochs and "test_accuracy" not in history[-1]:
+                    # The completed epoch is saved below: a checkpoint carries its accuracy.
+                    row = history[-1]
+                    before = row["eval_seconds"]
+                    add_evaluation(run, state, row)
+                    row["epoch_seconds"] += row["eval_seconds"] - before  # the split adds up
                 if is_primary() and unsaved:
                     write(checkpoints, artifacts.write_history, run_dir, history)
                 raise stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
@@ -180,6 +189,24 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
         log(f"best checkpoint: epoch {best}, {chosen_by(history[best - 1])}")
     epoch = len(history)
     return Trained(config, state, epoch, checkpoints.directory / str(epoch), history, run.derived)
+
+
+def epoch_line(row: dict, num_epochs: int, unsaved: bool) -> str:
+    """What the log says of a finished epoch."""
+    evaluation = (
+        f"{row['eval_split']} loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | "
+        if "test_accuracy" in row
+        else ""
+    )
+    times = f"{row['train_seconds']:.1f} s training ({row['train_images_per_second']:.0f} img/s)"
+    if evaluation:
+        times += f", {row['eval_seconds']:.1f} s evaluation"
+    if not unsaved:
+        times += f", {row['checkpoint_seconds']:.1f} s checkpoint"
+    return (
+        f"epoch {row['epoch']}/{num_epochs}: train loss {row['train_loss']:.4f} acc "
+        f"{row['train_accuracy']:.4f} | {evaluation}{times}"
+    )
 
 
 def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved):

@@ -61,6 +61,7 @@ def test_bad_overrides_say_what_is_wrong(override, message):
         ("stem", "conv7", "stem='conv7' is not one of space_to_depth, conv11"),
         ("pool_backward", "avg", "pool_backward='avg' is not one of select_and_scatter, masks"),
         ("steps_per_dispatch", 0, "steps_per_dispatch=0 must be at least 1"),
+        ("eval_every", 0, "eval_every=0 must be at least 1"),
         ("learning_rate", float("nan"), "learning_rate=nan must be a finite number"),
         ("cutout", 32, "cutout=32 would hide the whole cifar10 image"),
         ("weight_decay", float("inf"), "weight_decay=inf must be a finite number"),
