@@ -122,7 +122,9 @@ class AlexNet(nn.Module):
                 axis_name=self.axis_name if train else None,
                 **precision,
             )
-        if kind == "pool" and self.pool_backward == "masks":
+        if kind == "pool" and self.pool_backward == "masks" and train:
+            # Training only: inference has no gradient to shape, and the ONNX export (jax2onnx)
+            # converts flax's max_pool but not the custom-gradient function's pooling.
             return max_pool_masks
         if kind == "pool":
             # window_shape by keyword: jax2onnx (the ONNX export) replaces nn.max_pool while it
