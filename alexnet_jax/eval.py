@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alexnet_jax import checkpoint
 from alexnet_jax.config import validate
-from alexnet_jax.data import load_dataset
+from alexnet_jax.data import load_test_split
 from alexnet_jax.errors import cli
 from alexnet_jax.evaluation import (
     DeviceSplit,
@@ -52,19 +52,19 @@ def main(argv=None):
         config.eval_shift = args.shift
         validate(config)
 
-    dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
-    split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
+    test, class_names = load_test_split(config.dataset, config.data_dir, config.download)
+    split = DeviceSplit(test, config.eval_batch_size, mesh)
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
 
     shown = views(config.eval_flip, config.eval_shift)
     print(f"{config.dataset}, {checkpoint.describe(trained, args.best)}, {len(shown)} view(s)")
-    print(format_result(result, dataset.class_names))
+    print(format_result(result, class_names))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = result_json(
             result,
-            dataset.class_names,
+            class_names,
             dataset=config.dataset,
             checkpoint=str(trained.path),
             epoch=trained.epoch,

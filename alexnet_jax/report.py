@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_jax import artifacts, checkpoint, environment, plots
-from alexnet_jax.data import Dataset, load_dataset
+from alexnet_jax.data import Dataset, load_test_split
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, EvalResult, evaluate, make_evaluator
 from alexnet_jax.parallel import make_mesh
@@ -70,8 +70,10 @@ def write_report(
     if data_dir:
         config.data_dir = data_dir
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
-    split = DeviceSplit(dataset.test, config.eval_batch_size, mesh)
+        test, class_names = load_test_split(config.dataset, config.data_dir, config.download)
+    else:
+        test, class_names = dataset.test, dataset.class_names
+    split = DeviceSplit(test, config.eval_batch_size, mesh)
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
     history = artifacts.read_history(run_dir) or trained.history
@@ -81,8 +83,8 @@ def write_report(
         config=shown_config,
         history=history,
         result=result,
-        images=np.asarray(dataset.test.images),
-        class_names=dataset.class_names,
+        images=np.asarray(test.images),
+        class_names=class_names,
         source=checkpoint.describe(trained, best),
         env=environment.read(run_dir),
     )

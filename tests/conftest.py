@@ -151,6 +151,20 @@ def tiny_run(tmp_path_factory, cpu_devices) -> Path:
     return workdir / "mnist"
 
 
+def record_split_reads(monkeypatch) -> list[str]:
+    """The names of the dataset splits read from TFDS from now on, in order."""
+    from alexnet_jax import data
+
+    read, read_split = [], data._read_split
+
+    def recording(builder, split, data_dir):
+        read.append(split)
+        return read_split(builder, split, data_dir)
+
+    monkeypatch.setattr(data, "_read_split", recording)
+    return read
+
+
 def train_until_interrupted(config, workdir, dataset, devices, epochs: int, monkeypatch):
     """Train `config` but break off (as Ctrl-C would) once `epochs` epochs are saved."""
     from alexnet_jax import artifacts, train

@@ -11,7 +11,7 @@ from alexnet_jax import data, prepare
 from alexnet_jax.data import load_dataset, load_training_data, training_plan
 from alexnet_jax.errors import UserError
 
-from conftest import tiny_config
+from conftest import record_split_reads, tiny_config
 
 # sha256 of the decoded splits (images then uint8 labels, CIFAR-10 in `id` order), from
 # ../shared/tfds/README.md.
@@ -44,6 +44,15 @@ def test_cifar10_is_read_exactly(shared_tfds):
     assert split_sha256(dataset.test) == SPLIT_SHA256["cifar10", "test"]
     assert list(dataset.test.labels[:10]) == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert dataset.class_names[0] == "airplane"
+
+
+def test_the_test_split_alone_is_read_exactly_without_the_training_split(shared_tfds, monkeypatch):
+    # What evaluation reads (eval, report): the test split and the class names, nothing more.
+    read = record_split_reads(monkeypatch)
+    test, class_names = data.load_test_split("mnist", str(shared_tfds), download=False)
+    assert read == ["test"]
+    assert split_sha256(test) == SPLIT_SHA256["mnist", "test"]
+    assert class_names == tuple(str(i) for i in range(10))
 
 
 def test_tfds_data_dir_variable_is_the_default(shared_tfds, monkeypatch):

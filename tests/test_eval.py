@@ -12,7 +12,7 @@ from alexnet_jax.config import derive
 from alexnet_jax.data import Split
 from alexnet_jax.parallel import make_mesh, replicated
 
-from conftest import new_state, tiny_config
+from conftest import new_state, record_split_reads, tiny_config
 
 
 def test_confusion_and_per_class_accuracy():
@@ -43,14 +43,16 @@ def test_evaluate_counts_every_example_once(tiny_dataset, cpu_devices, devices, 
 
 
 def test_eval_cli_restores_a_run_without_its_command_line(
-    tiny_dataset, cpu_devices, shared_tfds, tmp_path, capsys
+    tiny_dataset, cpu_devices, shared_tfds, tmp_path, capsys, monkeypatch
 ):
     config = tiny_config(num_epochs=1)
     train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
     out_json = tmp_path / "eval.json"
+    read = record_split_reads(monkeypatch)  # the test split only
     eval_cli.main(
         ["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds), "--json", str(out_json)]
     )
+    assert read == ["test"]
     printed = capsys.readouterr().out
     assert "top-1 accuracy" in printed and "confusion matrix" in printed
     report = json.loads(out_json.read_text())

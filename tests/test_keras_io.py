@@ -19,7 +19,7 @@ from alexnet_jax import (
     report,
 )
 from alexnet_jax import eval as eval_cli
-from alexnet_jax.data import DATASETS, Dataset, Split
+from alexnet_jax.data import DATASETS, Split
 from alexnet_jax.model import STEMS, AlexNet
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
@@ -210,9 +210,8 @@ def test_eval_predict_and_export_take_an_imported_run(
 ):
     run, _ = imported
     # eval's command on the first 320 real test images (all 10,000 take too long here).
-    test = Split(mnist.test.images[:320], mnist.test.labels[:320])
-    few = Dataset("mnist", mnist.train, test, mnist.class_names)
-    monkeypatch.setattr(eval_cli, "load_dataset", lambda *args, **kwargs: few)
+    few = Split(mnist.test.images[:320], mnist.test.labels[:320]), mnist.class_names
+    monkeypatch.setattr(eval_cli, "load_test_split", lambda *args, **kwargs: few)
     eval_cli.main(["--ckpt", str(run), "--batch-size", "64", "--json", str(tmp_path / "eval.json")])
     assert "mnist, epoch 0 of" in capsys.readouterr().out
     assert json.loads((tmp_path / "eval.json").read_text())["num_examples"] == 320

@@ -167,7 +167,8 @@ def test_a_running_training_holds_its_directory_is_readable_and_stops_promptly(
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
         assert predict.main(["--ckpt", str(run), str(image)]) == 0
         tiny = synthetic_dataset("mnist", train_size=64, test_size=32)
-        monkeypatch.setattr(eval_command, "load_dataset", lambda *args, **kwargs: tiny)
+        test_split = (tiny.test, tiny.class_names)
+        monkeypatch.setattr(eval_command, "load_test_split", lambda *args, **kwargs: test_split)
         eval_command.main(["--ckpt", str(run)])
         report.write_report(run, dataset=tiny, devices=cpu_devices[:1], out=tmp_path / "r.html")
         export.main(["--ckpt", str(run), "--out", str(tmp_path / "export"), "--platforms", "cpu"])
