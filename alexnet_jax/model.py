@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax.pooling import POOL_BACKWARDS, max_pool_masks
+from alexnet_jax.pooling import POOL_BACKWARDS, max_pool_indices, max_pool_masks
 
 # Keras defaults, which the seed model uses: glorot-uniform kernels, zero biases, and
 # BatchNormalization(momentum=0.99, epsilon=1e-3).
@@ -122,10 +122,10 @@ class AlexNet(nn.Module):
                 axis_name=self.axis_name if train else None,
                 **precision,
             )
-        if kind == "pool" and self.pool_backward == "masks" and train:
+        if kind == "pool" and self.pool_backward != "select_and_scatter" and train:
             # Training only: inference has no gradient to shape, and the ONNX export (jax2onnx)
-            # converts flax's max_pool but not the custom-gradient function's pooling.
-            return max_pool_masks
+            # converts flax's max_pool but not the custom-gradient functions' pooling.
+            return {"masks": max_pool_masks, "indices": max_pool_indices}[self.pool_backward]
         if kind == "pool":
             # window_shape by keyword: jax2onnx (the ONNX export) replaces nn.max_pool while it
             # traces with a function that takes no other positional argument than the input.

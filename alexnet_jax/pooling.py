@@ -12,14 +12,21 @@ training step (benchmarks/results/h100-2026-11-26/call1/profile-kernels.txt), an
   row-major order, as select-and-scatter chooses, and each input sums what its windows send it
   in row-major window order. On a CPU the two give the same bits (tests/test_pooling.py); on a
   GPU, whose select-and-scatter adds with atomics, the sums may round apart.
+- "indices" (`max_pool_indices`): the same choice and sums, the masks' gradient in other steps:
+  each window's index of its first maximum is computed once and kept (a byte per window), and
+  each input's gradient compares it. With "masks", XLA fuses the chain of nine comparisons into
+  the gradient of every input it reaches, and on the H100 that fusion of the first pooling
+  (55x55x96) took 14% of the step (README: Speed); this choice is there to be measured against
+  it (`make gpu-suite`'s bench-pool). The same bits as the other two on the CPU.
 """
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-POOL_BACKWARDS = ("select_and_scatter", "masks")
+POOL_BACKWARDS = ("select_and_scatter", "masks", "indices")
 WINDOW, STRIDE = 3, 2
+OFFSETS = [(dy, dx) for dy in range(WINDOW) for dx in range(WINDOW)]  # a window's, row-major
 
 
 def _reduce_window_max(x):
@@ -45,28 +52,57 @@ def _forward(x):
     return y, (x, y)
 
 
-def _backward(residuals, g):
+def _masks_backward(residuals, g):
     x, y = residuals
-    _, height, width, _ = x.shape
     out_h, out_w = y.shape[1:3]
-    offsets = [(dy, dx) for dy in range(WINDOW) for dx in range(WINDOW)]
     # Each window's first maximum in row-major order gets its gradient; the rest get none.
     taken = jnp.zeros(y.shape, bool)
     sent = {}
-    for dy, dx in offsets:
+    for dy, dx in OFFSETS:
         first = (_window_slice(x, dy, dx, out_h, out_w) == y) & ~taken
         taken = taken | first
         sent[dy, dx] = jnp.where(first, g, jnp.zeros_like(g))
-    # Back to the input's positions (a strided scatter is a pad with interior zeros), summed
-    # with the larger offsets first: for any one input that is its windows in row-major order.
-    zero = jnp.zeros((), g.dtype)
-    grad = jnp.zeros_like(x)
-    for dy, dx in reversed(offsets):
+    return (_to_inputs(sent, x.shape, out_h, out_w),)
+
+
+def _indices_backward(residuals, g):
+    x, y = residuals
+    out_h, out_w = y.shape[1:3]
+    # The offset of each window's first maximum (9 where none equals it: a NaN window), from the
+    # last offset to the first so that the first wins; the barrier keeps XLA from fusing this
+    # into each input's gradient, where it would be computed again for every input.
+    index = jnp.full(y.shape, len(OFFSETS), jnp.int8)
+    for k in reversed(range(len(OFFSETS))):
+        dy, dx = OFFSETS[k]
+        index = jnp.where(_window_slice(x, dy, dx, out_h, out_w) == y, jnp.int8(k), index)
+    index = lax.optimization_barrier(index)
+    sent = {offset: jnp.where(index == k, g, jnp.zeros_like(g)) for k, offset in enumerate(OFFSETS)}
+    return (_to_inputs(sent, x.shape, out_h, out_w),)
+
+
+def _to_inputs(sent, shape, out_h: int, out_w: int):
+    """What each window sends from each offset, summed back at the input's positions (a strided
+    scatter is a pad with interior zeros), the larger offsets first: for any one input that is
+    its windows in row-major order, as select-and-scatter adds them."""
+    _, height, width, _ = shape
+    some = next(iter(sent.values()))
+    zero = jnp.zeros((), some.dtype)
+    grad = jnp.zeros(shape, some.dtype)
+    for dy, dx in reversed(OFFSETS):
         high_y = height - dy - STRIDE * (out_h - 1) - 1
         high_x = width - dx - STRIDE * (out_w - 1) - 1
         padding = ((0, 0, 0), (dy, high_y, STRIDE - 1), (dx, high_x, STRIDE - 1), (0, 0, 0))
         grad = grad + lax.pad(sent[dy, dx], zero, padding)
-    return (grad,)
+    return grad
 
 
-max_pool_masks.defvjp(_forward, _backward)
+max_pool_masks.defvjp(_forward, _masks_backward)
+
+
+@jax.custom_vjp
+def max_pool_indices(x: jax.Array) -> jax.Array:
+    """3x3/2 VALID max-pooling of NHWC `x`, its gradient from each window's first maximum."""
+    return _reduce_window_max(x)
+
+
+max_pool_indices.defvjp(_forward, _indices_backward)

@@ -101,7 +101,7 @@ def test_the_pool_stage_runs_each_pool_backward_of_the_model():
     assert suite.POOL_BACKWARDS == POOL_BACKWARDS
     context = suite.Context(ROOT / "out", ROOT / "work", sizes="accelerator", data_dir=None)
     commands = suite.BY_NAME["bench-pool"].commands(context)
-    assert [c[c.index("--configs") + 1] for c in commands] == ["s2d-bf16-k1"] * 2
+    assert [c[c.index("--configs") + 1] for c in commands] == ["s2d-bf16-k1"] * 3
     assert [c[-3] for c in commands] == [f"--config.pool_backward={b}" for b in POOL_BACKWARDS]
     assert [c[-1] for c in commands] == [
         str(ROOT / "out" / f"bench-pool-{b}.json") for b in POOL_BACKWARDS

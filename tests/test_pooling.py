@@ -1,5 +1,5 @@
-"""The max-pooling's gradient from masks (pooling.py) against JAX's select-and-scatter: the same
-bits on the CPU, ties included, alone and through the whole model."""
+"""The max-pooling's gradients from masks and from indices (pooling.py) against JAX's
+select-and-scatter: the same bits on the CPU, ties included, alone and through the whole model."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.model import AlexNet
-from alexnet_jax.pooling import max_pool_masks
+from alexnet_jax.pooling import max_pool_indices, max_pool_masks
 
 
 def reference_pool(x):
@@ -29,22 +29,24 @@ def pool_and_gradient(pool, x, cotangent):
         ((2, 31, 31, 8), "normal", jnp.bfloat16),
     ],
 )
-def test_masks_give_select_and_scatters_bits(shape, values, dtype):
+@pytest.mark.parametrize("pool", [max_pool_masks, max_pool_indices], ids=["masks", "indices"])
+def test_custom_gradients_give_select_and_scatters_bits(shape, values, dtype, pool):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, shape) if values == "ties" else rng.normal(size=shape)
     x = jnp.asarray(x, dtype)
     out_shape = (shape[0], (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1, shape[3])
     cotangent = jnp.asarray(rng.normal(size=out_shape), dtype)
     expected = jax.jit(pool_and_gradient, static_argnums=0)(reference_pool, x, cotangent)
-    masks = jax.jit(pool_and_gradient, static_argnums=0)(max_pool_masks, x, cotangent)
-    for a, b in zip(expected, masks, strict=True):
+    custom = jax.jit(pool_and_gradient, static_argnums=0)(pool, x, cotangent)
+    for a, b in zip(expected, custom, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert a.tobytes() == b.tobytes()
     if values == "ties":  # each window's gradient went to one input only, its first maximum
-        assert np.count_nonzero(np.asarray(masks[1], np.float32)) <= cotangent.size
+        assert np.count_nonzero(np.asarray(custom[1], np.float32)) <= cotangent.size
 
 
-def test_the_model_trains_with_the_same_gradients_either_way():
+@pytest.mark.parametrize("pool_backward", ["masks", "indices"])
+def test_the_model_trains_with_the_same_gradients_either_way(pool_backward):
     x = jax.random.normal(jax.random.key(1), (4, 67, 67, 1))
     labels = jnp.arange(4)
 
@@ -60,8 +62,8 @@ def test_the_model_trains_with_the_same_gradients_either_way():
 
         return jax.device_get(jax.jit(jax.grad(loss))(variables["params"]))
 
-    reference, masks = gradients("select_and_scatter"), gradients("masks")
-    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(masks), strict=True):
+    reference, custom = gradients("select_and_scatter"), gradients(pool_backward)
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(custom), strict=True):
         assert a.tobytes() == b.tobytes()
 
 
