@@ -57,7 +57,12 @@ def test_a_second_ctrl_c_stops_at_once():
         calls.append(work)
         if work == 2:
             ctrl_c(stop, 2)  # while a call runs that would not return in time
-            time.sleep(10)
+            # Short sleeps, not one long one: the kernel may deliver the signal to another of
+            # the process's threads (XLA's), and then only the main thread's next bytecode runs
+            # Python's handler; one time.sleep(10) was not woken, and failed once in CI.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
             pytest.fail("the second Ctrl-C did not interrupt the call")
         return state, one_step_metrics()
 
