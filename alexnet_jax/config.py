@@ -42,7 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     # 4x4 blocks, faster on accelerators) or conv11; the same parameters and function.
     c.stem = "space_to_depth"
     # How the max-poolings' gradient is computed: masks (nine shifted comparisons XLA fuses;
-    # pooling.py; 9% faster steps on an H100, README: Speed) or select_and_scatter (JAX's own
+    # pooling.py; 9% faster steps on an H100, README: Speed), indices (the same, each window's
+    # first maximum found once; not yet measured on a GPU) or select_and_scatter (JAX's own
     # rule): the same gradient.
     c.pool_backward = "masks"
     c.seed = 0
