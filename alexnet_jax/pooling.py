@@ -62,7 +62,7 @@ def _masks_backward(residuals, g):
         first = (_window_slice(x, dy, dx, out_h, out_w) == y) & ~taken
         taken = taken | first
         sent[dy, dx] = jnp.where(first, g, jnp.zeros_like(g))
-    return (_to_inputs(sent, x.shape, out_h, out_w),)
+    return (_to_inputs(sent, x.shape),)
 
 
 def _indices_backward(residuals, g):
@@ -77,17 +77,18 @@ def _indices_backward(residuals, g):
         index = jnp.where(_window_slice(x, dy, dx, out_h, out_w) == y, jnp.int8(k), index)
     index = lax.optimization_barrier(index)
     sent = {offset: jnp.where(index == k, g, jnp.zeros_like(g)) for k, offset in enumerate(OFFSETS)}
-    return (_to_inputs(sent, x.shape, out_h, out_w),)
+    return (_to_inputs(sent, x.shape),)
 
 
-def _to_inputs(sent, shape, out_h: int, out_w: int):
-    """What each window sends from each offset, summed back at the input's positions (a strided
-    scatter is a pad with interior zeros), the larger offsets first: for any one input that is
-    its windows in row-major order, as select-and-scatter adds them."""
+def _to_inputs(sent, shape):
+    """What each window sends from each offset (`sent[dy, dx]`, the output's shape), summed back
+    at the input's positions (a strided scatter is a pad with interior zeros), the larger
+    offsets first: for any one input that is its windows in row-major order, as
+    select-and-scatter adds them."""
     _, height, width, _ = shape
-    some = next(iter(sent.values()))
-    zero = jnp.zeros((), some.dtype)
-    grad = jnp.zeros(shape, some.dtype)
+    _, out_h, out_w, _ = sent[0, 0].shape
+    zero = jnp.zeros((), sent[0, 0].dtype)
+    grad = jnp.zeros(shape, sent[0, 0].dtype)
     for dy, dx in reversed(OFFSETS):
         high_y = height - dy - STRIDE * (out_h - 1) - 1
         high_x = width - dx - STRIDE * (out_w - 1) - 1
