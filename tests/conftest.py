@@ -22,6 +22,9 @@ if _CACHE != "off":
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import signal  # noqa: E402
+import threading  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -149,6 +152,27 @@ def tiny_run(tmp_path_factory, cpu_devices) -> Path:
     config = tiny_config(num_epochs=1, ema_decay=0.9)
     train.train_and_evaluate(config, workdir, dataset, cpu_devices[:2])
     return workdir / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def stop_signal_handlers_left_as_found(request):
+    """Each test starts with the SIGINT and SIGTERM handlers the one before it found: a handler
+    left by an earlier test in the same process took test_interrupt's second Ctrl-C in two CI
+    runs of 2026-11-27 (not seen since, nor in a one-process run of each file). A test that
+    leaves one is named in a warning, and its handlers are put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    found = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in found.items():
+        left = signal.signal(signum, handler)
+        if left is not handler:
+            warnings.warn(
+                f"{request.node.nodeid} left {signal.Signals(signum).name} to {left!r} "
+                f"(it found {handler!r}); put back",
+                stacklevel=1,
+            )
 
 
 def record_split_reads(monkeypatch) -> list[str]:
