@@ -43,14 +43,12 @@ def test_evaluate_counts_every_example_once(tiny_dataset, cpu_devices, devices, 
 
 
 def test_eval_cli_restores_a_run_without_its_command_line(
-    tiny_dataset, cpu_devices, shared_tfds, tmp_path, capsys, monkeypatch
+    tiny_run, shared_tfds, tmp_path, capsys, monkeypatch
 ):
-    config = tiny_config(num_epochs=1)
-    train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
     out_json = tmp_path / "eval.json"
     read = record_split_reads(monkeypatch)  # the test split only
     eval_cli.main(
-        ["--ckpt", str(tmp_path / "mnist"), "--data-dir", str(shared_tfds), "--json", str(out_json)]
+        ["--ckpt", str(tiny_run), "--data-dir", str(shared_tfds), "--json", str(out_json)]
     )
     assert read == ["test"]
     printed = capsys.readouterr().out
