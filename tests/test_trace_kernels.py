@@ -62,3 +62,38 @@ def test_kernels_are_summed_per_step_and_grouped(tmp_path, capsys):
     assert "3.000  60.0%  convolution (cuDNN)" in groups
     assert "1.000  20.0%  copies and conversions" in groups
     assert "1.000  20.0%  max-pool backward (select and scatter)" in groups
+
+
+def test_a_cpu_trace_sums_the_operations_on_xlas_threads(tmp_path, capsys):
+    # On the CPU there is no device process: XLA's operations run on the host's threads, next
+    # to the executor's wrappers and waits and the Python thread, which must be left out.
+    threads = {3: "tf_XLAEigen/11", 4: "tf_XLAPjRtCpuClient/12", 5: "python"}
+    events = [{"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+    events += [
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": tid, "args": {"name": name}}
+        for tid, name in threads.items()
+    ]
+    for tid, name, dur in [
+        (3, "ThunkExecutor::Execute", 9000),
+        (3, "SlinkyThreadPool::Await", 9000),
+        (3, "ynn_fusion.21", 3000),
+        (3, "all-reduce.4", 1000),
+        (4, "copy.404", 2000),
+        (4, "ThunkExecutor::Execute (wait for completion)", 9000),
+        (5, "$run.py:236 drive", 10**6),
+    ]:
+        events.append({"ph": "X", "name": name, "pid": 2, "tid": tid, "ts": 0, "dur": dur})
+    trace = tmp_path / "perfetto_trace.json.gz"
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    trace_kernels.main([str(trace), "--steps", "2"])
+    out = capsys.readouterr().out
+    assert "XLA's CPU threads" in out
+    assert "2.000  tf_XLAEigen/11" in out and "1.000  tf_XLAPjRtCpuClient/12" in out
+    assert "python" not in out and "ThunkExecutor" not in out
+    assert "(3.000 ms per step)" in out
+    assert "1.500  50.0%        0.5  ynn_fusion.21" in out
+    groups = out.split("by group:")[1]
+    assert "0.500  16.7%  collectives" in groups
+    assert "1.000  33.3%  copies and conversions" in groups
+    assert "1.500  50.0%  other fusions" in groups
