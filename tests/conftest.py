@@ -158,8 +158,8 @@ def tiny_run(tmp_path_factory, cpu_devices) -> Path:
 def stop_signal_handlers_left_as_found(request):
     """Each test starts with the SIGINT and SIGTERM handlers the one before it found: a handler
     left by an earlier test in the same process took test_interrupt's second Ctrl-C in two CI
-    runs of 2026-11-27 (not seen since, nor in a one-process run of each file). A test that
-    leaves one is named in a warning, and its handlers are put back."""
+    runs of 2026-11-27 (not seen since, nor in a one-process run of 24 of the files). A test
+    that leaves one is named in a warning, and its handlers are put back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
