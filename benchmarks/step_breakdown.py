@@ -30,14 +30,14 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from alexnet_jax import bench, keys, preprocess
+from alexnet_jax import bench, keys, mixing, preprocess
 from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.environment import environment
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import device_batch
 from alexnet_jax.run import build
 from alexnet_jax.state import make_model, update_ema
-from alexnet_jax.step import all_finite, cross_entropy
+from alexnet_jax.step import all_finite, cross_entropy, step_is_finite
 
 # name -> (what it leaves out or changes, switches of `ablated_step` and `program`)
 VARIANTS = {
@@ -49,6 +49,10 @@ VARIANTS = {
         {"resize": False},
     ),
     "no-guard": ("no finiteness check: the new state always", {"guard": False}),
+    "guard-pass": (
+        "the check as a pass of its own over the gradients (all_finite), not by their norm",
+        {"guard": "pass"},
+    ),
     "no-norms": ("no gradient and parameter norms in the metrics", {"norms": False}),
     "no-metrics": (
         "no loss sum, accuracy or norms in the metrics",
@@ -64,9 +68,9 @@ VARIANTS = {
     ),
     "no-barrier": ("no optimisation barriers around the step", {"barrier": False}),
     "no-donate": ("the state not donated", {"donate": False}),
-    "no-scan": (
-        "the step called directly, not in an unrolled lax.scan of length 1",
-        {"scan": False},
+    "scan": (
+        "the step in an unrolled lax.scan of length 1 (the trainer's before 2026-11-26)",
+        {"scan": True},
     ),
     "bare": (
         "all of: no augment, guard, norms, metrics, smoothing, decay; Keras' SGD",
@@ -99,11 +103,22 @@ def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, 
     augment_rng, dropout_rng = keys.augment_and_dropout_keys(rng)
     example_keys = keys.example_keys(augment_rng, device * local, local)
     fill = jnp.round(jnp.asarray(mean) * 255).astype(jnp.uint8)
-    images = batch["image"]
+    images = preprocess.random_affine(
+        batch["image"], example_keys, preprocess.Affine.from_config(config)
+    )
     if on("augment"):
         images = preprocess.augment(
             images, example_keys, config.crop_padding, config.flip, config.cutout, fill
         )
+    images, targets = mixing.mix_batch(
+        images,
+        batch["label"],
+        example_keys,
+        device * local,
+        mixing.Mixing.from_config(config),
+        derived.num_classes,
+        DATA_AXIS,
+    )
     if on("resize"):
         x = preprocess.to_model_input(images, config.image_size, mean, std, derived.dtype)
     else:
@@ -125,14 +140,17 @@ def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, 
             rngs={"dropout": dropout_key},
             mutable=["batch_stats"],
         )
-        loss = cross_entropy(logits, batch["label"], derived.num_classes, smoothing)
+        loss = cross_entropy(logits, targets, smoothing)
         return loss, (logits, updates["batch_stats"])
 
     params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, DATA_AXIS)
-    if on("guard"):
+    grads_squared_norm = optax.tree.norm(grads, squared=True)
+    if on("guard") == "pass":
         finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, batch_stats))
+    elif on("guard"):
+        finite = step_is_finite(jax.lax.pmean(loss, DATA_AXIS), grads_squared_norm, batch_stats)
     else:
         finite = jnp.asarray(True)
     if on("optimizer", "optax") == "keras":
@@ -149,8 +167,8 @@ def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, 
         metrics["correct"] = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
     metrics = jax.lax.psum(metrics, DATA_AXIS)
     if on("norms"):
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["param_norm"] = optax.global_norm(new.params)
+        metrics["grad_norm"] = jnp.sqrt(grads_squared_norm)
+        metrics["param_norm"] = optax.tree.norm(new.params)
     return new, {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
 
 
@@ -185,7 +203,7 @@ def variant_tx(config, steps_per_epoch: int, switches):
     return tx, schedule
 
 
-def program(run, body, *, barrier=True, donate=True, scan=True):
+def program(run, body, *, barrier=True, donate=True, scan=False):
     """One step per call, as `step.make_train_steps` compiles it (count 1)."""
     size = run.partitions.device_batch
 

@@ -5,6 +5,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -17,7 +18,7 @@ from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import NonFiniteLoss, build
-from alexnet_jax.step import TrainCalls, all_finite
+from alexnet_jax.step import TrainCalls, all_finite, step_is_finite
 
 from conftest import LEVERS, new_state, single_steps, tiny_config, train_until_interrupted
 
@@ -276,3 +277,34 @@ def test_all_finite_finds_one_non_finite_element_in_any_leaf(bad):
         poisoned = {**tree, leaf: tree[leaf].copy()}
         poisoned[leaf][index] = bad
         assert not bool(jax.jit(all_finite)(poisoned))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_guard_finds_one_non_finite_element_in_the_loss_gradients_or_statistics(bad):
+    grads = {"kernel": np.ones((3, 4), np.float32), "bias": np.full(5, -2.0, np.float32)}
+    stats = {"mean": np.zeros(4, np.float32), "var": np.ones(4, np.float32)}
+
+    def guard(loss, grads, stats):
+        return bool(jax.jit(step_is_finite)(loss, optax.tree.norm(grads, squared=True), stats))
+
+    assert guard(np.float32(2.3), grads, stats)
+    assert not guard(np.float32(bad), grads, stats)
+    places = ((grads, "kernel", (2, 1)), (grads, "bias", (0,)), (stats, "var", (3,)))
+    for tree, leaf, index in places:
+        poisoned = {**tree, leaf: tree[leaf].copy()}
+        poisoned[leaf][index] = bad
+        if tree is grads:
+            assert not guard(np.float32(2.3), poisoned, stats)
+        else:
+            assert not guard(np.float32(2.3), grads, poisoned)
+
+
+def test_the_guard_counts_a_gradient_whose_norm_overflows_float32_as_non_finite():
+    # Finite elements whose squared norm passes float32's largest number (~3.4e38): the step log
+    # would show an infinite grad_norm, and the step is not applied (step_is_finite's docstring).
+    stats = {"mean": np.zeros(4, np.float32)}
+    just_finite = {"kernel": np.full(4, 9e18, np.float32)}  # squared norm 3.24e38
+    too_large = {"kernel": np.full(4, 1e19, np.float32)}  # squared norm 4e38
+    for grads, expected in ((just_finite, True), (too_large, False)):
+        norm = optax.tree.norm(grads, squared=True)
+        assert bool(jax.jit(step_is_finite)(np.float32(1.0), norm, stats)) == expected
