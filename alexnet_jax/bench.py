@@ -112,9 +112,12 @@ def measure(
     warmup_epochs: int = 1,
     profile_steps: int = 0,
     profile_dir=None,
+    before_epoch=None,
 ) -> dict:
     """Train `steps` steps per epoch for warm-up + `epochs` epochs and evaluate as many times;
     then, with `profile_steps`, trace that many more training steps into `profile_dir`.
+    `before_epoch()`, if given, runs before each training epoch, outside its timing (a peer's
+    epoch, so that the two are timed in turn under the same load).
 
     The training images are `batch_size * steps` synthetic ones, so every epoch is the same
     size; `config` decides everything else (stem, dtype, steps per dispatch, augmentation).
@@ -141,6 +144,8 @@ def measure(
     stop = StopRequests()  # never entered: nothing stops a benchmark but the process's end
     train_seconds = []
     for epoch in range(warmup_epochs + epochs):
+        if before_epoch is not None:
+            before_epoch()
         start = time.perf_counter()
         state, totals = train_epoch(run, state, epoch, stop)
         jax.block_until_ready(state)

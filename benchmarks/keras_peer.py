@@ -13,10 +13,14 @@ more per image (random crop and flip, per-channel normalisation); the peer has n
 (Keras' Resizing rounds resized uint8 images to integers; that does not change the timing.)
 
 Both train on synthetic uint8 images of CIFAR-10's shape for one warm-up epoch (compilation)
-and `--epochs` timed epochs of `--steps` steps; throughput is images over the median timed epoch.
+and `--epochs` timed epochs of `--steps` steps, in turn: each of our epochs follows one of Keras',
+so that the load of a shared machine falls on both alike (measured one after the other, the
+ratio moved by a quarter between runs minutes apart). Throughput is images over the median timed
+epoch; each of ours is compared with the Keras epochs that ran just before its timed ones.
 """
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -79,41 +83,61 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def measure_keras(policy: str, image_size: int, batch_size: int, steps: int, epochs: int):
-    """images/s of `model.fit` over `steps` batches per epoch, after one warm-up epoch."""
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+class KerasPeer:
+    """The peer compiled and warmed up (one epoch); `epoch()` trains and times one more.
+
+    `model.fit` runs one epoch per call, so that our epochs can run between its epochs; the
+    compiled train function is kept between calls, and the timer times each epoch alone.
+    """
+
+    def __init__(self, policy: str, image_size: int, batch_size: int, steps: int):
+        self.policy, self.batch_size = policy, batch_size
         keras.utils.set_random_seed(0)
         dataset = synthetic_dataset("cifar10", train_size=batch_size * steps, test_size=1)
-        source_shape = dataset.train.images.shape[1:]
-        model = seed_model(image_size, source_shape)
-        params = check_parameters(model, image_size, source_shape)
-        model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        timer = EpochTimer()
-        history = model.fit(
-            dataset.train.images,
-            dataset.train.labels,
-            batch_size=batch_size,
-            epochs=1 + epochs,
-            shuffle=True,
-            verbose=0,
-            callbacks=[timer],
-        )
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    images = batch_size * steps
-    return {
-        "policy": policy,
-        "parameters": params,
-        "images_per_second": round(images / statistics.median(timer.seconds[1:]), 1),
-        "epoch_seconds": [round(s, 4) for s in timer.seconds],
-        "images_per_epoch": images,
-        "final_loss": round(float(history.history["loss"][-1]), 4),
-    }
+        self.x, self.y = dataset.train.images, dataset.train.labels
+        with self.dtype_policy():
+            self.model = seed_model(image_size, self.x.shape[1:])
+            self.parameters = check_parameters(self.model, image_size, self.x.shape[1:])
+            self.model.compile(
+                optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+        self.timer, self.losses = EpochTimer(), []
+        self.epoch()  # the warm-up epoch: compilation
+
+    @contextlib.contextmanager
+    def dtype_policy(self):
+        keras.mixed_precision.set_global_policy(self.policy)
+        try:
+            yield
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    def epoch(self) -> None:
+        with self.dtype_policy():
+            history = self.model.fit(
+                self.x,
+                self.y,
+                batch_size=self.batch_size,
+                epochs=1,
+                shuffle=True,
+                verbose=0,
+                callbacks=[self.timer],
+            )
+        self.losses.append(history.history["loss"][-1])
+
+    def result(self, timed: list[float]) -> dict:
+        """images/s over the median of the `timed` epochs' seconds."""
+        images = len(self.x)
+        return {
+            "policy": self.policy,
+            "parameters": self.parameters,
+            "images_per_second": round(images / statistics.median(timed), 1),
+            "epoch_seconds": [round(s, 4) for s in self.timer.seconds],
+            "images_per_epoch": images,
+            "final_loss": round(float(self.losses[-1]), 4),
+        }
 
 
 def run(args) -> dict:
@@ -128,23 +152,39 @@ def run(args) -> dict:
     for policy in args.policies.split(","):
         if policy not in DTYPES:
             raise UserError(f"policy {policy!r} is not one of {', '.join(DTYPES)}")
-        keras_result = measure_keras(
-            policy, args.image_size, args.batch_size, args.steps, args.epochs
-        )
-        print(f"keras {policy}: {keras_result['images_per_second']:,.0f} img/s", file=sys.stderr)
-        ours = []
+        peer = KerasPeer(policy, args.image_size, args.batch_size, args.steps)
+        ours, keras_timed = [], []
         for variant in args.ours.split(","):
             stem, _, k = variant.partition("-")
             name = f"{stem}-{DTYPES[policy]}-{k}"
             config = bench.base_config(args.config, args.image_size, args.batch_size, [])
             config.batch_size = args.batch_size
             config.update(bench.configuration(name))
+            first = len(peer.timer.seconds)
+            # A Keras epoch before each of ours: the two in turn, under the same load.
             result = bench.measure(
-                config, device, steps=args.steps, epochs=args.epochs, eval_batches=1
+                config,
+                device,
+                steps=args.steps,
+                epochs=args.epochs,
+                eval_batches=1,
+                before_epoch=peer.epoch,
             )
+            paired = peer.timer.seconds[first + 1 :]  # those before our timed epochs
+            keras_timed += paired
             rate = result["train"]["images_per_second"]
-            ratio = round(rate / keras_result["images_per_second"], 3)
-            ours.append({"name": name, "ratio_to_keras": ratio, **result})
+            keras_rate = len(peer.x) / statistics.median(paired)
+            ratio = round(rate / keras_rate, 3)
+            ours.append(
+                {
+                    "name": name,
+                    "ratio_to_keras": ratio,
+                    "keras_images_per_second": round(keras_rate, 1),
+                    **result,
+                }
+            )
+        keras_result = peer.result(keras_timed)
+        print(f"keras {policy}: {keras_result['images_per_second']:,.0f} img/s", file=sys.stderr)
         comparisons.append({"keras": keras_result, "ours": ours})
     return {
         **bench.environment(),
@@ -156,14 +196,14 @@ def run(args) -> dict:
 
 
 def format_table(document: dict) -> str:
-    header = f"{'policy':<16}{'keras img/s':>13}  {'ours':<16}{'img/s':>10}{'ratio':>8}"
+    """A row per configuration of ours, beside the Keras epochs timed in turn with it."""
+    header = f"{'policy':<16}{'ours':<16}{'img/s':>8}{'keras img/s':>13}{'ratio':>8}"
     lines = [header, "-" * len(header)]
     for c in document["comparisons"]:
-        k = c["keras"]
-        for i, o in enumerate(c["ours"]):
-            left = f"{k['policy']:<16}{k['images_per_second']:>13,.0f}" if i == 0 else " " * 29
+        for o in c["ours"]:
             lines.append(
-                f"{left}  {o['name']:<16}{o['train']['images_per_second']:>10,.0f}"
+                f"{c['keras']['policy']:<16}{o['name']:<16}"
+                f"{o['train']['images_per_second']:>8,.0f}{o['keras_images_per_second']:>13,.0f}"
                 f"{o['ratio_to_keras']:>7.2f}x"
             )
     return "\n".join(lines)
