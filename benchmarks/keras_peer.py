@@ -160,7 +160,6 @@ def run(args) -> dict:
             config = bench.base_config(args.config, args.image_size, args.batch_size, [])
             config.batch_size = args.batch_size
             config.update(bench.configuration(name))
-            first = len(peer.timer.seconds)
             # A Keras epoch before each of ours: the two in turn, under the same load.
             result = bench.measure(
                 config,
@@ -170,7 +169,7 @@ def run(args) -> dict:
                 eval_batches=1,
                 before_epoch=peer.epoch,
             )
-            paired = peer.timer.seconds[first + 1 :]  # those before our timed epochs
+            paired = peer.timer.seconds[-args.epochs :]  # those before our timed epochs
             keras_timed += paired
             rate = result["train"]["images_per_second"]
             keras_rate = len(peer.x) / statistics.median(paired)

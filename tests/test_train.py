@@ -287,16 +287,16 @@ def test_the_guard_finds_one_non_finite_element_in_the_loss_gradients_or_statist
     def guard(loss, grads, stats):
         return bool(jax.jit(step_is_finite)(loss, optax.tree.norm(grads, squared=True), stats))
 
+    def poisoned(tree, leaf, index):
+        copy = {**tree, leaf: tree[leaf].copy()}
+        copy[leaf][index] = bad
+        return copy
+
     assert guard(np.float32(2.3), grads, stats)
     assert not guard(np.float32(bad), grads, stats)
-    places = ((grads, "kernel", (2, 1)), (grads, "bias", (0,)), (stats, "var", (3,)))
-    for tree, leaf, index in places:
-        poisoned = {**tree, leaf: tree[leaf].copy()}
-        poisoned[leaf][index] = bad
-        if tree is grads:
-            assert not guard(np.float32(2.3), poisoned, stats)
-        else:
-            assert not guard(np.float32(2.3), grads, poisoned)
+    assert not guard(np.float32(2.3), poisoned(grads, "kernel", (2, 1)), stats)
+    assert not guard(np.float32(2.3), poisoned(grads, "bias", (0,)), stats)
+    assert not guard(np.float32(2.3), grads, poisoned(stats, "var", (3,)))
 
 
 def test_the_guard_counts_a_gradient_whose_norm_overflows_float32_as_non_finite():

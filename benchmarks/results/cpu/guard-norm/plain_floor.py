@@ -1,7 +1,8 @@
 """A floor, not part of alexnet_jax: the same Flax model in the plainest jitted train step (no
 shard_map, no guard, no metrics; optax.sgd with Nesterov momentum; uint8 -> /255 -> bilinear
-resize to 67) against the trainer's epochs (bench-peers' conv11-f32-k1 configuration), in turn
-in one process: batch 32, epochs of 8 steps, ms a step. Run from the repository root:
+resize to 67; the pooling's gradient by select-and-scatter, or POOL=masks) against the trainer's
+epochs (bench-peers' conv11-f32-k1 configuration), in turn in one process: batch 32, epochs of 8
+steps, ms a step. Run from the repository root:
 
     PYTHONPATH=. python benchmarks/results/cpu/guard-norm/plain_floor.py
 """
