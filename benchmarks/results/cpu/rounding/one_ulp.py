@@ -12,7 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests"))
 
-import conftest  # noqa: E402, F401  (two host devices, before JAX starts)
+# isort: off
+import conftest  # noqa: E402  (two host devices: before JAX starts)
+
+# isort: on
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from test_golden import cpu_model, state_sha256  # noqa: E402
