@@ -110,14 +110,17 @@ def mix_pairs(images, labels, partner_images, partner_labels, keys, mixing: Mixi
     return mixed, targets
 
 
-def mix_batch(images, labels, keys, first, mixing: Mixing, num_classes: int, axis_name: str):
+def mix_batch(images, labels, keys, first, mixing: Mixing, num_classes: int, axis_name: str | None):
     """This device's slice of the global batch (examples first .. first + B - 1), mixed under
-    `shard_map` over `axis_name`: (images, targets). Off: the images as they were and one-hot
-    targets."""
+    `shard_map` over `axis_name` (None: one device, whose slice is the whole batch): (images,
+    targets). Off: the images as they were and one-hot targets."""
     if not mixing.on:
         return images, jax.nn.one_hot(labels, num_classes)
-    every_image = jax.lax.all_gather(images, axis_name, tiled=True)
-    every_label = jax.lax.all_gather(labels, axis_name, tiled=True)
+    if axis_name is None:
+        every_image, every_label = images, labels
+    else:
+        every_image = jax.lax.all_gather(images, axis_name, tiled=True)
+        every_label = jax.lax.all_gather(labels, axis_name, tiled=True)
     partners = every_label.shape[0] - 1 - (first + jnp.arange(labels.shape[0]))
     return mix_pairs(
         images, labels, every_image[partners], every_label[partners], keys, mixing, num_classes

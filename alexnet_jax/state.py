@@ -50,12 +50,15 @@ def update_ema(state: TrainState, decay: float) -> TrainState:
     )
 
 
-def make_model(config: ml_collections.ConfigDict, derived: Derived) -> AlexNet:
+def make_model(
+    config: ml_collections.ConfigDict, derived: Derived, axis_name: str | None = DATA_AXIS
+) -> AlexNet:
+    """The config's model; BatchNorm averages its batch statistics over `axis_name` in training."""
     return AlexNet(
         num_classes=derived.num_classes,
         dropout_rate=config.dropout_rate,
         dtype=derived.dtype,
-        axis_name=DATA_AXIS,
+        axis_name=axis_name,
         stem=config.stem,
         pool_backward=config.pool_backward,
     )

@@ -18,7 +18,7 @@ from alexnet_jax import keys, mixing, preprocess
 from alexnet_jax.config import Derived
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import TrainPartitions, device_batch
-from alexnet_jax.state import TrainState, update_ema
+from alexnet_jax.state import TrainState, make_model, update_ema
 
 
 def cross_entropy(logits, targets, label_smoothing: float = 0.0):
@@ -45,6 +45,8 @@ def train_step(
     ema_decay: float = 0.0,
     affine: preprocess.Affine = preprocess.NO_AFFINE,
     mix: mixing.Mixing = mixing.NO_MIXING,
+    apply_fn=None,
+    axis_name: str | None = DATA_AXIS,
 ):
     """One SGD step on this device's slice of the global batch; gradients are averaged over all.
 
@@ -53,7 +55,12 @@ def train_step(
     device. BatchNorm averages its batch statistics over DATA_AXIS too, so the step equals one
     on the whole batch on one device. Returns the new state and metrics summed over the global
     batch, with the global norms of the averaged gradients and of the new parameters.
+
+    `apply_fn` is the model's (default: the state's), with BatchNorm's `axis_name` the same as
+    the step's. `axis_name` None is one device alone: the means and sums over devices are left
+    out, not computed over one (`step_body`).
     """
+    apply_fn = apply_fn or state.apply_fn
     local = batch["label"].shape[0]
     device = jax.lax.axis_index(DATA_AXIS)
     augment_rng, dropout_rng = keys.augment_and_dropout_keys(rng)
@@ -63,12 +70,12 @@ def train_step(
     images = preprocess.random_affine(batch["image"], example_keys, affine)
     images = preprocess.augment(images, example_keys, crop_padding, flip, cutout, fill)
     images, targets = mixing.mix_batch(
-        images, batch["label"], example_keys, device * local, mix, num_classes, DATA_AXIS
+        images, batch["label"], example_keys, device * local, mix, num_classes, axis_name
     )
     x = preprocess.to_model_input(images, image_size, mean, std, dtype)
 
     def loss_fn(params):
-        logits, updates = state.apply_fn(
+        logits, updates = apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
             x,
             train=True,
@@ -80,25 +87,34 @@ def train_step(
 
     # Marking the replicated parameters as device-varying makes each device differentiate its own
     # loss (without it, shard_map would sum the gradients over devices); pmean then averages them.
-    params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
+    params = (
+        state.params if axis_name is None else jax.lax.pcast(state.params, axis_name, to="varying")
+    )
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grads = jax.lax.pmean(grads, DATA_AXIS)
+    grads = _over_devices(jax.lax.pmean, grads, axis_name)
     grads_squared_norm = optax.tree.norm(grads, squared=True)
-    finite = step_is_finite(jax.lax.pmean(loss, DATA_AXIS), grads_squared_norm, batch_stats)
+    global_loss = _over_devices(jax.lax.pmean, loss, axis_name)
+    finite = step_is_finite(global_loss, grads_squared_norm, batch_stats)
     updated = update_ema(state.apply_gradients(grads=grads, batch_stats=batch_stats), ema_decay)
     state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     state = state.replace(step=updated.step)
-    metrics = jax.lax.psum(
+    metrics = _over_devices(
+        jax.lax.psum,
         {
             "loss_sum": loss * local,
             "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
             "count": jnp.asarray(local, jnp.int32),
         },
-        DATA_AXIS,
+        axis_name,
     )
     # For the step log (metric_log.py): outputs only, read from what the step computed anyway.
     norms = {"grad_norm": jnp.sqrt(grads_squared_norm), "param_norm": optax.tree.norm(state.params)}
     return state, {**metrics, **norms, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+
+
+def _over_devices(collective, tree, axis_name: str | None):
+    """`collective(tree, axis_name)`, or `tree` as it is on one device alone (axis_name None)."""
+    return tree if axis_name is None else collective(tree, axis_name)
 
 
 def step_is_finite(loss, grads_squared_norm, batch_stats) -> jax.Array:
@@ -131,8 +147,16 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(x * 0)) for x in leaves]))
 
 
-def step_body(config: ml_collections.ConfigDict, derived: Derived):
-    """`train_step` with the config's options bound: (state, batch, rng) -> (state, metrics)."""
+def step_body(config: ml_collections.ConfigDict, derived: Derived, devices: int):
+    """`train_step` with the config's options bound, for a mesh of `devices`:
+    (state, batch, rng) -> (state, metrics).
+
+    On one device the step has no means or sums over devices at all: XLA:CPU kept each mean over
+    the one device as a copy, and the collectives took about 50 of 190 ms a step at batch 16
+    (README: Speed). (The same function to float32 rounding, not the same bits: XLA fuses the
+    program without them otherwise.)
+    """
+    axis_name = None if devices == 1 else DATA_AXIS
     return functools.partial(
         train_step,
         image_size=config.image_size,
@@ -147,6 +171,8 @@ def step_body(config: ml_collections.ConfigDict, derived: Derived):
         ema_decay=config.ema_decay,
         affine=preprocess.Affine.from_config(config),
         mix=mixing.Mixing.from_config(config),
+        apply_fn=make_model(config, derived, axis_name).apply,
+        axis_name=axis_name,
     )
 
 
@@ -172,7 +198,8 @@ def make_train_steps(
     `count`, and `count` is static: one program per distinct count (the configured one, and
     the remainder at the end of an epoch when it does not divide the steps per epoch).
     """
-    body = step_body(config, derived)
+    devices = mesh.devices.size
+    body = step_body(config, derived, devices)
     size = partitions.device_batch
 
     def per_device(state, images, labels, orders, first, *, count):
@@ -198,9 +225,10 @@ def make_train_steps(
             mesh=mesh,
             in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
             out_specs=(PartitionSpec(), PartitionSpec()),
+            # On one device nothing is varying over the mesh (step_body): nothing to check.
+            check_vma=devices > 1,
         )
-        # The old state's buffers are reused for the new one.
-        return jax.jit(sharded, donate_argnums=0)
+        return jax.jit(sharded, donate_argnums=0 if donates_state(mesh) else ())
 
     def arguments(state, orders, first):
         return state, partitions.images, partitions.labels, orders, jnp.asarray(first, jnp.int32)
@@ -211,6 +239,14 @@ def make_train_steps(
     # For ahead-of-time compilation: the program of `count` steps, lowered.
     run.lower = lambda state, orders, count: compiled(count).lower(*arguments(state, orders, 0))
     return run
+
+
+def donates_state(mesh: Mesh) -> bool:
+    """Whether a step reuses the old state's buffers for the new one: on accelerators. Not on the
+    CPU, where the guard's choice between the old and the new state then made XLA copy the old
+    one before its update in place, and the step ran about a tenth faster without. The same
+    bits either way (tests/test_train.py; README: Speed)."""
+    return mesh.devices.flat[0].platform != "cpu"
 
 
 class TrainCalls:

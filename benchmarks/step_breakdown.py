@@ -37,7 +37,7 @@ from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import device_batch
 from alexnet_jax.run import build
 from alexnet_jax.state import make_model, update_ema
-from alexnet_jax.step import all_finite, cross_entropy, step_is_finite
+from alexnet_jax.step import _over_devices, all_finite, cross_entropy, step_is_finite
 
 # name -> (what it leaves out or changes, switches of `ablated_step` and `program`)
 VARIANTS = {
@@ -67,7 +67,8 @@ VARIANTS = {
         {"optimizer": "keras"},
     ),
     "no-barrier": ("no optimisation barriers around the step", {"barrier": False}),
-    "no-donate": ("the state not donated", {"donate": False}),
+    "no-donate": ("the state not donated (as the trainer on the CPU)", {"donate": False}),
+    "donate": ("the state donated (as the trainer on accelerators)", {"donate": True}),
     "scan": (
         "the step in an unrolled lax.scan of length 1 (the trainer's before 2026-11-26)",
         {"scan": True},
@@ -94,8 +95,11 @@ def variant(name: str) -> tuple[str, dict]:
     return "; ".join(what for what, _ in parts), {k: v for _, sw in parts for k, v in sw.items()}
 
 
-def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, switches):
-    """`step.train_step` with pieces switched off (`switches`); all on, the same program."""
+def ablated_step(
+    state, batch, rng, *, derived, config, tx, schedule, apply_fn, switches, axis_name
+):
+    """`step.train_step` with pieces switched off (`switches`); all on, the same program.
+    `axis_name` None: one device, no means or sums over devices (as `step.step_body`)."""
     on = lambda name, default=True: switches.get(name, default)  # noqa: E731
     mean, std = derived.mean, derived.std
     local = batch["label"].shape[0]
@@ -117,7 +121,7 @@ def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, 
         device * local,
         mixing.Mixing.from_config(config),
         derived.num_classes,
-        DATA_AXIS,
+        axis_name,
     )
     if on("resize"):
         x = preprocess.to_model_input(images, config.image_size, mean, std, derived.dtype)
@@ -143,14 +147,17 @@ def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, 
         loss = cross_entropy(logits, targets, smoothing)
         return loss, (logits, updates["batch_stats"])
 
-    params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
+    params = (
+        state.params if axis_name is None else jax.lax.pcast(state.params, axis_name, to="varying")
+    )
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grads = jax.lax.pmean(grads, DATA_AXIS)
+    grads = _over_devices(jax.lax.pmean, grads, axis_name)
     grads_squared_norm = optax.tree.norm(grads, squared=True)
+    global_loss = _over_devices(jax.lax.pmean, loss, axis_name)
     if on("guard") == "pass":
-        finite = all_finite((jax.lax.pmean(loss, DATA_AXIS), grads, batch_stats))
+        finite = all_finite((global_loss, grads, batch_stats))
     elif on("guard"):
-        finite = step_is_finite(jax.lax.pmean(loss, DATA_AXIS), grads_squared_norm, batch_stats)
+        finite = step_is_finite(global_loss, grads_squared_norm, batch_stats)
     else:
         finite = jnp.asarray(True)
     if on("optimizer", "optax") == "keras":
@@ -165,7 +172,7 @@ def ablated_step(state, batch, rng, *, derived, config, tx, schedule, apply_fn, 
     if on("metrics"):
         metrics["loss_sum"] = loss * local
         metrics["correct"] = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
-    metrics = jax.lax.psum(metrics, DATA_AXIS)
+    metrics = _over_devices(jax.lax.psum, metrics, axis_name)
     if on("norms"):
         metrics["grad_norm"] = jnp.sqrt(grads_squared_norm)
         metrics["param_norm"] = optax.tree.norm(new.params)
@@ -203,8 +210,11 @@ def variant_tx(config, steps_per_epoch: int, switches):
     return tx, schedule
 
 
-def program(run, body, *, barrier=True, donate=True, scan=False):
-    """One step per call, as `step.make_train_steps` compiles it (count 1)."""
+def program(run, body, *, barrier=True, donate=None, scan=False):
+    """One step per call, as `step.make_train_steps` compiles it (count 1); `donate` None: as
+    the trainer does on this platform (not on the CPU)."""
+    if donate is None:
+        donate = run.mesh.devices.flat[0].platform != "cpu"
     size = run.partitions.device_batch
 
     def per_device(state, images, labels, orders, first):
@@ -225,6 +235,7 @@ def program(run, body, *, barrier=True, donate=True, scan=False):
         mesh=run.mesh,
         in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
         out_specs=(PartitionSpec(), PartitionSpec()),
+        check_vma=run.mesh.devices.size > 1,
     )
     return jax.jit(sharded, donate_argnums=0 if donate else ())
 
@@ -234,7 +245,7 @@ def copy_state(state):
 
 
 class Ours:
-    """A variant of our step: a compiled program and its own state (donated each call)."""
+    """A variant of our step: a compiled program and its own state."""
 
     def __init__(self, run, state, name):
         switches = variant(name)[1]
@@ -250,7 +261,8 @@ class Ours:
         model_config = config.copy_and_resolve_references()
         if switches.get("dropout") == "off":
             model_config.dropout_rate = 0.0
-        apply_fn = make_model(model_config, derived).apply
+        axis_name = None if run.mesh.devices.size == 1 else DATA_AXIS
+        apply_fn = make_model(model_config, derived, axis_name).apply
         step_switches = {k: v for k, v in switches.items() if k not in PROGRAM_SWITCHES}
         body = functools.partial(
             ablated_step,
@@ -260,6 +272,7 @@ class Ours:
             schedule=schedule,
             apply_fn=apply_fn,
             switches=step_switches,
+            axis_name=axis_name,
         )
         kwargs = {k: v for k, v in switches.items() if k in PROGRAM_SWITCHES and k != "xla"}
         jitted = program(run, body, **kwargs)

@@ -10,13 +10,15 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alexnet_jax import artifacts, rundir, train
+from alexnet_jax import artifacts, rundir, step, train
 from alexnet_jax.checkpoint import Checkpoints
-from alexnet_jax.data import Split
+from alexnet_jax.config import derive
+from alexnet_jax.data import Split, synthetic_dataset, training_data_from
 from alexnet_jax.errors import UserError
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import make_mesh
+from alexnet_jax.pipeline import TrainPartitions
 from alexnet_jax.run import NonFiniteLoss, build
 from alexnet_jax.step import TrainCalls, all_finite, step_is_finite
 
@@ -43,6 +45,35 @@ def test_two_devices_step_equals_one_device_step(tiny_dataset, cpu_devices):
     # The step really changed the parameters (the comparison is not between two initial states).
     initial = new_state(config).params
     assert not np.allclose(initial["conv2d"]["kernel"], one[0]["conv2d"]["kernel"])
+
+
+def test_one_device_steps_have_no_collectives_and_donation_keeps_their_bits(
+    tiny_dataset, cpu_devices, monkeypatch
+):
+    # test_same_seed_same_result's config: its program is in the compilation cache.
+    config = tiny_config(dropout_rate=0.5)
+    devices = cpu_devices[:1]
+    one_device = lowered_program(config, devices)
+    assert "all_reduce" not in one_device and "all_gather" not in one_device
+    assert "all_reduce" in lowered_program(config, cpu_devices[:2])  # what the check would see
+    assert not step.donates_state(make_mesh(devices))  # on the CPU
+
+    kept, _ = one_step(config, tiny_dataset, devices)
+    monkeypatch.setattr(step, "donates_state", lambda mesh: True)
+    donated, _ = one_step(config, tiny_dataset, devices)
+    for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(donated), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def lowered_program(config, devices) -> str:
+    """The text of the one-step training program of `config` on `devices`, lowered."""
+    mesh = make_mesh(devices)
+    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
+    partitions = TrainPartitions(training_data_from(dataset, config), mesh, config.batch_size)
+    calls = TrainCalls(config, derive(config), mesh, partitions)
+    state = new_state(config)
+    (lowered,) = calls.lower(state, partitions.epoch_orders(state.rng, 0))
+    return lowered.as_text()
 
 
 def test_same_seed_same_result(tiny_dataset, cpu_devices):
