@@ -45,8 +45,8 @@ def train_step(
     ema_decay: float = 0.0,
     affine: preprocess.Affine = preprocess.NO_AFFINE,
     mix: mixing.Mixing = mixing.NO_MIXING,
-    apply_fn=None,
-    axis_name: str | None = DATA_AXIS,
+    apply_fn,
+    axis_name: str | None,
 ):
     """One SGD step on this device's slice of the global batch; gradients are averaged over all.
 
@@ -56,11 +56,10 @@ def train_step(
     on the whole batch on one device. Returns the new state and metrics summed over the global
     batch, with the global norms of the averaged gradients and of the new parameters.
 
-    `apply_fn` is the model's (default: the state's), with BatchNorm's `axis_name` the same as
-    the step's. `axis_name` None is one device alone: the means and sums over devices are left
-    out, not computed over one (`step_body`).
+    `apply_fn` is the model's, with BatchNorm's `axis_name` the same as the step's (`step_body`).
+    `axis_name` None is one device alone (`device_axis`): the means and sums over devices are left
+    out, not computed over one.
     """
-    apply_fn = apply_fn or state.apply_fn
     local = batch["label"].shape[0]
     device = jax.lax.axis_index(DATA_AXIS)
     augment_rng, dropout_rng = keys.augment_and_dropout_keys(rng)
@@ -151,12 +150,8 @@ def step_body(config: ml_collections.ConfigDict, derived: Derived, devices: int)
     """`train_step` with the config's options bound, for a mesh of `devices`:
     (state, batch, rng) -> (state, metrics).
 
-    On one device the step has no means or sums over devices at all: XLA:CPU kept each mean over
-    the one device as a copy, and the collectives took about 50 of 190 ms a step at batch 16
-    (README: Speed). (The same function to float32 rounding, not the same bits: XLA fuses the
-    program without them otherwise.)
     """
-    axis_name = None if devices == 1 else DATA_AXIS
+    axis_name = device_axis(devices)
     return functools.partial(
         train_step,
         image_size=config.image_size,
@@ -174,6 +169,14 @@ def step_body(config: ml_collections.ConfigDict, derived: Derived, devices: int)
         apply_fn=make_model(config, derived, axis_name).apply,
         axis_name=axis_name,
     )
+
+
+def device_axis(devices: int) -> str | None:
+    """The axis the step averages and sums over: DATA_AXIS, or None on one device, where the step
+    has no collectives at all. XLA:CPU kept each mean over the one device as a copy, and the
+    collectives took about 50 of 190 ms a step at batch 16 (README: Speed). (The same function
+    to float32 rounding, not the same bits: XLA fuses the program without them otherwise.)"""
+    return None if devices == 1 else DATA_AXIS
 
 
 def make_train_steps(
@@ -225,8 +228,8 @@ def make_train_steps(
             mesh=mesh,
             in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
             out_specs=(PartitionSpec(), PartitionSpec()),
-            # On one device nothing is varying over the mesh (step_body): nothing to check.
-            check_vma=devices > 1,
+            # On one device nothing is varying over the mesh (device_axis): nothing to check.
+            check_vma=device_axis(devices) is not None,
         )
         return jax.jit(sharded, donate_argnums=0 if donates_state(mesh) else ())
 

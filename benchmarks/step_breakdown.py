@@ -37,7 +37,14 @@ from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import device_batch
 from alexnet_jax.run import build
 from alexnet_jax.state import make_model, update_ema
-from alexnet_jax.step import _over_devices, all_finite, cross_entropy, step_is_finite
+from alexnet_jax.step import (
+    _over_devices,
+    all_finite,
+    cross_entropy,
+    device_axis,
+    donates_state,
+    step_is_finite,
+)
 
 # name -> (what it leaves out or changes, switches of `ablated_step` and `program`)
 VARIANTS = {
@@ -99,7 +106,7 @@ def ablated_step(
     state, batch, rng, *, derived, config, tx, schedule, apply_fn, switches, axis_name
 ):
     """`step.train_step` with pieces switched off (`switches`); all on, the same program.
-    `axis_name` None: one device, no means or sums over devices (as `step.step_body`)."""
+    `axis_name` None: one device, no means or sums over devices (`step.device_axis`)."""
     on = lambda name, default=True: switches.get(name, default)  # noqa: E731
     mean, std = derived.mean, derived.std
     local = batch["label"].shape[0]
@@ -214,7 +221,7 @@ def program(run, body, *, barrier=True, donate=None, scan=False):
     """One step per call, as `step.make_train_steps` compiles it (count 1); `donate` None: as
     the trainer does on this platform (not on the CPU)."""
     if donate is None:
-        donate = run.mesh.devices.flat[0].platform != "cpu"
+        donate = donates_state(run.mesh)
     size = run.partitions.device_batch
 
     def per_device(state, images, labels, orders, first):
@@ -235,7 +242,7 @@ def program(run, body, *, barrier=True, donate=None, scan=False):
         mesh=run.mesh,
         in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
         out_specs=(PartitionSpec(), PartitionSpec()),
-        check_vma=run.mesh.devices.size > 1,
+        check_vma=device_axis(run.mesh.devices.size) is not None,
     )
     return jax.jit(sharded, donate_argnums=0 if donate else ())
 
@@ -261,7 +268,7 @@ class Ours:
         model_config = config.copy_and_resolve_references()
         if switches.get("dropout") == "off":
             model_config.dropout_rate = 0.0
-        axis_name = None if run.mesh.devices.size == 1 else DATA_AXIS
+        axis_name = device_axis(run.mesh.devices.size)
         apply_fn = make_model(model_config, derived, axis_name).apply
         step_switches = {k: v for k, v in switches.items() if k not in PROGRAM_SWITCHES}
         body = functools.partial(

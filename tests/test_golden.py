@@ -29,6 +29,18 @@ from alexnet_jax.run import build, train_epoch
 
 from conftest import tiny_config
 
+# Every part of a step: crops, dropout, cutout, the moving average, label smoothing, weight
+# decay, momentum; on 2 devices, 2 steps per call, over an epoch of 4 steps.
+GOLDEN_RUN = dict(
+    num_epochs=1,
+    dropout_rate=0.5,
+    crop_padding=2,
+    cutout=6,
+    ema_decay=0.9,
+    steps_per_dispatch=2,
+    seed=3,
+)
+
 # Per CPU model (`cpu_model()`): the epoch's training loss and the final state's sha256.
 GOLDEN = {
     "AMD EPYC [avx avx2 fma sse4_1 sse4_2 sse4a]": (
@@ -69,17 +81,7 @@ def state_sha256(state) -> str:
 
 
 def test_a_fixed_tiny_training_gives_the_recorded_bits(cpu_devices):
-    # Every part of a step: crops, dropout, cutout, the moving average, label smoothing,
-    # weight decay, momentum, 2 devices, 2 steps per call, over an epoch of 4 steps.
-    config = tiny_config(
-        num_epochs=1,
-        dropout_rate=0.5,
-        crop_padding=2,
-        cutout=6,
-        ema_decay=0.9,
-        steps_per_dispatch=2,
-        seed=3,
-    )
+    config = tiny_config(**GOLDEN_RUN)
     run = build(config, synthetic_dataset("mnist", train_size=64, test_size=32), cpu_devices[:2])
     steps = []
     state, totals = train_epoch(

@@ -18,22 +18,13 @@ import conftest  # noqa: E402  (two host devices: before JAX starts)
 # isort: on
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from test_golden import cpu_model, state_sha256  # noqa: E402
+from test_golden import GOLDEN_RUN, cpu_model, state_sha256  # noqa: E402
 
 from alexnet_jax.data import synthetic_dataset  # noqa: E402
 from alexnet_jax.interrupt import StopRequests  # noqa: E402
 from alexnet_jax.run import build, train_epoch  # noqa: E402
 
-config = conftest.tiny_config(
-    num_epochs=1,
-    dropout_rate=0.5,
-    crop_padding=2,
-    cutout=6,
-    ema_decay=0.9,
-    steps_per_dispatch=2,
-    seed=3,
-    log_every=1,
-)
+config = conftest.tiny_config(**GOLDEN_RUN, log_every=1)
 run = build(config, synthetic_dataset("mnist", train_size=64, test_size=32), jax.devices()[:2])
 
 
