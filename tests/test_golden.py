@@ -54,6 +54,13 @@ GOLDEN = {
         2.785106658935547,
         "3a5f2e3fecf635720c799bb49c765e4237b83e9d702abb1b4327ee11f3d93f05",
     ),
+    # An Intel Xeon with AVX-512 and AMX (lscpu family 6 model 167; recorded 2026-12-03).
+    "Intel(R) Xeon(R) Processor [avx avx2 avx512_bf16 avx512_bitalg avx512_fp16 avx512_vbmi2 "
+    "avx512_vnni avx512_vpopcntdq avx512bw avx512cd avx512dq avx512f avx512ifma avx512vbmi "
+    "avx512vl avx_vnni fma sse4_1 sse4_2]": (
+        2.7851061820983887,
+        "0974e8277840b74a22105dc9a2e699ba79b7c261d7ec4a8ca86ee1858e418f6d",
+    ),
 }
 # The first step's loss, the same on every CPU model to float32 rounding (2.8973002 on the
 # Zen 4 above; 2.8973000 there with YNNPACK's fusions off).
