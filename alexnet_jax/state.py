@@ -72,10 +72,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, 0.0)
 
 
+def decays(param) -> bool:
+    """Whether weight decay applies to a parameter: to kernels, not to biases or BatchNorm's."""
+    return param.ndim > 1
+
+
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """The optax optimiser of the config; weight decay applies to kernels, not biases or BN."""
+    """The optax optimiser of the config (its state is the training state's; SGD with momentum
+    runs as `guarded_update.MomentumSGD`, its bits)."""
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    kernels_only = lambda params: jax.tree.map(decays, params)  # noqa: E731
     if config.optimizer == "adamw":
         return optax.adamw(schedule, weight_decay=config.weight_decay, mask=kernels_only)
     return optax.chain(

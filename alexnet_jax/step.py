@@ -16,9 +16,10 @@ from jax.sharding import Mesh, PartitionSpec
 
 from alexnet_jax import keys, mixing, preprocess
 from alexnet_jax.config import Derived
+from alexnet_jax.guarded_update import MomentumSGD, apply_if_finite
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import TrainPartitions, device_batch
-from alexnet_jax.state import TrainState, make_model, update_ema
+from alexnet_jax.state import TrainState, make_model
 
 
 def cross_entropy(logits, targets, label_smoothing: float = 0.0):
@@ -47,6 +48,7 @@ def train_step(
     mix: mixing.Mixing = mixing.NO_MIXING,
     apply_fn,
     axis_name: str | None,
+    sgd: MomentumSGD | None,
 ):
     """One SGD step on this device's slice of the global batch; gradients are averaged over all.
 
@@ -58,7 +60,8 @@ def train_step(
 
     `apply_fn` is the model's, with BatchNorm's `axis_name` the same as the step's (`step_body`).
     `axis_name` None is one device alone (`device_axis`): the means and sums over devices are left
-    out, not computed over one.
+    out, not computed over one. `sgd` is the optimiser written out, or None for `state.tx`
+    (`guarded_update.apply_if_finite`).
     """
     local = batch["label"].shape[0]
     device = jax.lax.axis_index(DATA_AXIS)
@@ -94,9 +97,7 @@ def train_step(
     grads_squared_norm = optax.tree.norm(grads, squared=True)
     global_loss = _over_devices(jax.lax.pmean, loss, axis_name)
     finite = step_is_finite(global_loss, grads_squared_norm, batch_stats)
-    updated = update_ema(state.apply_gradients(grads=grads, batch_stats=batch_stats), ema_decay)
-    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    state = state.replace(step=updated.step)
+    state = apply_if_finite(state, grads, batch_stats, finite, ema_decay, sgd)
     metrics = _over_devices(
         jax.lax.psum,
         {
@@ -146,11 +147,11 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(x * 0)) for x in leaves]))
 
 
-def step_body(config: ml_collections.ConfigDict, derived: Derived, devices: int):
+def step_body(
+    config: ml_collections.ConfigDict, derived: Derived, devices: int, steps_per_epoch: int
+):
     """`train_step` with the config's options bound, for a mesh of `devices`:
-    (state, batch, rng) -> (state, metrics).
-
-    """
+    (state, batch, rng) -> (state, metrics)."""
     axis_name = device_axis(devices)
     return functools.partial(
         train_step,
@@ -168,6 +169,7 @@ def step_body(config: ml_collections.ConfigDict, derived: Derived, devices: int)
         mix=mixing.Mixing.from_config(config),
         apply_fn=make_model(config, derived, axis_name).apply,
         axis_name=axis_name,
+        sgd=MomentumSGD.from_config(config, steps_per_epoch),
     )
 
 
@@ -202,7 +204,7 @@ def make_train_steps(
     the remainder at the end of an epoch when it does not divide the steps per epoch).
     """
     devices = mesh.devices.size
-    body = step_body(config, derived, devices)
+    body = step_body(config, derived, devices, partitions.steps_per_epoch)
     size = partitions.device_batch
 
     def per_device(state, images, labels, orders, first, *, count):
@@ -231,7 +233,7 @@ def make_train_steps(
             # On one device nothing is varying over the mesh (device_axis): nothing to check.
             check_vma=device_axis(devices) is not None,
         )
-        return jax.jit(sharded, donate_argnums=0 if donates_state(mesh) else ())
+        return jax.jit(sharded, donate_argnums=0 if donates_state(mesh, config) else ())
 
     def arguments(state, orders, first):
         return state, partitions.images, partitions.labels, orders, jnp.asarray(first, jnp.int32)
@@ -244,12 +246,14 @@ def make_train_steps(
     return run
 
 
-def donates_state(mesh: Mesh) -> bool:
-    """Whether a step reuses the old state's buffers for the new one: on accelerators. Not on the
-    CPU, where the guard's choice between the old and the new state then made XLA copy the old
-    one before its update in place, and the step ran about a tenth faster without. The same
-    bits either way (tests/test_train.py; README: Speed)."""
-    return mesh.devices.flat[0].platform != "cpu"
+def donates_state(mesh: Mesh, config: ml_collections.ConfigDict) -> bool:
+    """Whether a step reuses the old state's buffers for the new one: on accelerators, and on the
+    CPU where the optimiser is written out (`MomentumSGD`), whose update runs in place there
+    too: 100 against 107 ms a step (README: Speed). Through optax's chain (AdamW, SGD without
+    momentum), the guard's choice between the old and the new state made XLA:CPU copy the old
+    one first instead, and the step ran about a tenth faster without. The same bits either way
+    (tests/test_train.py)."""
+    return mesh.devices.flat[0].platform != "cpu" or MomentumSGD.applies_to(config)
 
 
 class TrainCalls:

@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec
 from alexnet_jax import bench, keys, mixing, preprocess
 from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.environment import environment
+from alexnet_jax.guarded_update import MomentumSGD, apply_if_finite
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import device_batch
 from alexnet_jax.run import build
@@ -69,13 +70,21 @@ VARIANTS = {
     "no-dropout": ("dropout rate 0", {"dropout": "off"}),
     "dropout-rbg": ("dropout masks from an rbg key instead of threefry", {"dropout": "rbg"}),
     "no-decay": ("no weight decay in the optimiser chain", {"decay": False}),
+    "optax-chain": (
+        "the update through optax's chain, then the choice of old or new state (the trainer's "
+        "before 2026-12-03)",
+        {"optimizer": "optax"},
+    ),
     "keras-sgd": (
         "Keras' SGD update written out (no optax chain, no decay)",
         {"optimizer": "keras"},
     ),
     "no-barrier": ("no optimisation barriers around the step", {"barrier": False}),
-    "no-donate": ("the state not donated (as the trainer on the CPU)", {"donate": False}),
-    "donate": ("the state donated (as the trainer on accelerators)", {"donate": True}),
+    "no-donate": ("the state not donated", {"donate": False}),
+    "donate": (
+        "the state donated (as the trainer with SGD, and on accelerators)",
+        {"donate": True},
+    ),
     "scan": (
         "the step in an unrolled lax.scan of length 1 (the trainer's before 2026-11-26)",
         {"scan": True},
@@ -167,14 +176,24 @@ def ablated_step(
         finite = step_is_finite(global_loss, grads_squared_norm, batch_stats)
     else:
         finite = jnp.asarray(True)
-    if on("optimizer", "optax") == "keras":
-        updated = keras_sgd(state, grads, batch_stats, config, schedule)
+    optimizer = on("optimizer", "trainer")
+    if optimizer == "keras":
+        updated = update_ema(
+            keras_sgd(state, grads, batch_stats, config, schedule), config.ema_decay
+        )
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, state)
+        new = new.replace(step=updated.step)
     else:
-        updated = state.replace(tx=tx).apply_gradients(grads=grads, batch_stats=batch_stats)
-        updated = updated.replace(tx=state.tx)
-    updated = update_ema(updated, config.ema_decay)
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, state)
-    new = new.replace(step=updated.step)
+        decay = config.weight_decay if on("decay") else 0.0
+        sgd = MomentumSGD(schedule, config.momentum, config.nesterov, decay)
+        new = apply_if_finite(
+            state.replace(tx=tx),
+            grads,
+            batch_stats,
+            finite,
+            config.ema_decay,
+            sgd if optimizer == "trainer" else None,
+        ).replace(tx=state.tx)
     metrics = {"count": jnp.asarray(local, jnp.int32)}
     if on("metrics"):
         metrics["loss_sum"] = loss * local
@@ -219,9 +238,9 @@ def variant_tx(config, steps_per_epoch: int, switches):
 
 def program(run, body, *, barrier=True, donate=None, scan=False):
     """One step per call, as `step.make_train_steps` compiles it (count 1); `donate` None: as
-    the trainer does on this platform (not on the CPU)."""
+    the trainer does (`step.donates_state`)."""
     if donate is None:
-        donate = donates_state(run.mesh)
+        donate = donates_state(run.mesh, run.config)
     size = run.partitions.device_batch
 
     def per_device(state, images, labels, orders, first):

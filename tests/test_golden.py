@@ -41,25 +41,16 @@ GOLDEN_RUN = dict(
     seed=3,
 )
 
-# Per CPU model (`cpu_model()`): the epoch's training loss and the final state's sha256.
+# Per CPU model (`cpu_model()`): the epoch's training loss and the final state's sha256. Since
+# the optimiser was written out (guarded_update.MomentumSGD, 2026-12-03), which rounds otherwise
+# on two devices: the other CPU models' bits, recorded before, are gone with it.
 GOLDEN = {
-    "AMD EPYC [avx avx2 fma sse4_1 sse4_2 sse4a]": (
-        2.7804951667785645,
-        "1d5e0ca2fcce6935833fe749f6854305d2ed42099267197f79056f9adc95f337",
-    ),
-    # Zen 4, with AVX-512 (recorded 2026-12-02).
-    "AMD EPYC [avx avx2 avx512_bf16 avx512_bitalg avx512_vbmi2 avx512_vnni avx512_vpopcntdq "
-    "avx512bw avx512cd avx512dq avx512f avx512ifma avx512vbmi avx512vl fma sse4_1 sse4_2 "
-    "sse4a]": (
-        2.785106658935547,
-        "3a5f2e3fecf635720c799bb49c765e4237b83e9d702abb1b4327ee11f3d93f05",
-    ),
     # An Intel Xeon with AVX-512 and AMX (lscpu family 6 model 167; recorded 2026-12-03).
     "Intel(R) Xeon(R) Processor [avx avx2 avx512_bf16 avx512_bitalg avx512_fp16 avx512_vbmi2 "
     "avx512_vnni avx512_vpopcntdq avx512bw avx512cd avx512dq avx512f avx512ifma avx512vbmi "
     "avx512vl avx_vnni fma sse4_1 sse4_2]": (
-        2.7851061820983887,
-        "0974e8277840b74a22105dc9a2e699ba79b7c261d7ec4a8ca86ee1858e418f6d",
+        2.7851059436798096,
+        "2cf121551dc15a630158a52464f898c2dc4f28ab162791d6e767ec3a0d53fbde",
     ),
 }
 # The first step's loss, the same on every CPU model to float32 rounding (2.8973002 on the

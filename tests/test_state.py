@@ -6,9 +6,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from alexnet_jax.data import Dataset, Split, synthetic_dataset
+from alexnet_jax.guarded_update import MomentumSGD
 from alexnet_jax.run import build
 from alexnet_jax.state import make_optimizer
 from alexnet_jax.step import cross_entropy
@@ -184,3 +186,33 @@ def test_the_training_loss_is_smoothed_as_the_config_says(cpu_devices):
     logits, labels = np.tile(bias.astype(np.float64), (16, 1)), np.full(16, 3)
     assert loss == pytest.approx(smoothed_cross_entropy(logits, labels, 0.2), rel=1e-5)
     assert loss != pytest.approx(smoothed_cross_entropy(logits, labels, 0.0), rel=1e-2)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("weight_decay", [5e-4, 0.0])
+def test_the_written_out_sgd_gives_optax_chain_bits_and_keeps_a_non_finite_step(
+    model_params, nesterov, weight_decay
+):
+    # Op by op (not compiled, so that no fusion rounds either side otherwise), over 3 steps of
+    # the warm-up, the third not finite: it must leave parameters and optimiser state as they were.
+    config = tiny_config(nesterov=nesterov, weight_decay=weight_decay, warmup_epochs=2.0)
+    tx = make_optimizer(config, steps_per_epoch=4)
+    sgd = MomentumSGD.from_config(config, steps_per_epoch=4)
+    rng = np.random.default_rng(3)
+    ours = theirs = (model_params, tx.init(model_params))
+    for finite in (True, True, False):
+        grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), model_params)
+        params, opt_state = theirs
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        if finite:
+            theirs = (optax.apply_updates(params, updates), new_opt_state)
+        ours = sgd.update_if_finite(grads, ours[1], ours[0], jnp.asarray(finite))
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert int(ours[1][1][1].count) == 2  # the schedule's count moved for the finite steps only
+
+
+def test_the_optimiser_is_written_out_for_sgd_with_momentum_only():
+    assert MomentumSGD.from_config(tiny_config(), steps_per_epoch=4) is not None
+    assert MomentumSGD.from_config(tiny_config(momentum=0.0), steps_per_epoch=4) is None
+    assert MomentumSGD.from_config(tiny_config(optimizer="adamw"), steps_per_epoch=4) is None

@@ -16,6 +16,7 @@ from alexnet_jax.config import derive
 from alexnet_jax.data import Split, synthetic_dataset, training_data_from
 from alexnet_jax.errors import UserError
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
+from alexnet_jax.guarded_update import MomentumSGD
 from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.pipeline import TrainPartitions
@@ -56,12 +57,28 @@ def test_one_device_steps_have_no_collectives_and_donation_keeps_their_bits(
     one_device = lowered_program(config, devices)
     assert "all_reduce" not in one_device and "all_gather" not in one_device
     assert "all_reduce" in lowered_program(config, cpu_devices[:2])  # what the check would see
-    assert not step.donates_state(make_mesh(devices))  # on the CPU
+    # SGD with momentum runs in place, on the CPU too; optax's AdamW does not there.
+    assert step.donates_state(make_mesh(devices), config)
+    assert not step.donates_state(make_mesh(devices), tiny_config(optimizer="adamw"))
 
-    kept, _ = one_step(config, tiny_dataset, devices)
-    monkeypatch.setattr(step, "donates_state", lambda mesh: True)
     donated, _ = one_step(config, tiny_dataset, devices)
+    monkeypatch.setattr(step, "donates_state", lambda mesh, config: False)
+    kept, _ = one_step(config, tiny_dataset, devices)
     for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(donated), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_written_out_sgd_gives_the_bits_of_optax_chain_in_the_step(
+    tiny_dataset, cpu_devices, monkeypatch
+):
+    # Two steps (the momentum of the first moves the second), on one device: on two, XLA fuses
+    # the means over devices into the update otherwise, and the bits differ by rounding.
+    config = tiny_config(dropout_rate=0.5, ema_decay=0.9)
+    written, _ = single_steps(config, tiny_dataset, cpu_devices[:1], 2)
+    monkeypatch.setattr(MomentumSGD, "from_config", classmethod(lambda cls, config, steps: None))
+    through_optax, _ = single_steps(config, tiny_dataset, cpu_devices[:1], 2)
+    assert not np.array_equal(written[2].opt_state[1][0].trace["dense"]["kernel"], 0)
+    for a, b in zip(jax.tree.leaves(written[2]), jax.tree.leaves(through_optax[2]), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -211,16 +228,17 @@ def poison(state):
     return state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
 
 
-def test_a_non_finite_step_leaves_the_state_unchanged(tiny_dataset, cpu_devices):
-    config = tiny_config()
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])  # written out (MomentumSGD), and optax
+def test_a_non_finite_step_leaves_the_state_unchanged(tiny_dataset, cpu_devices, optimizer):
+    config = tiny_config(optimizer=optimizer, ema_decay=0.9)
     (before, after), (metrics,) = single_steps(
         config, tiny_dataset, cpu_devices[:2], 1, state=poison(new_state(config))
     )
     assert int(metrics["nonfinite"]) == 1
     assert int(after.step) == int(before.step) + 1
     for a, b in zip(
-        jax.tree.leaves((before.params, before.opt_state, before.batch_stats)),
-        jax.tree.leaves((after.params, after.opt_state, after.batch_stats)),
+        jax.tree.leaves((before.params, before.opt_state, before.batch_stats, before.ema)),
+        jax.tree.leaves((after.params, after.opt_state, after.batch_stats, after.ema)),
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
