@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import jax
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -251,9 +252,10 @@ def drive(
 
     A call runs one step or several; its metrics are stacked, a row per step. They are fetched
     every `config.log_every` steps, which is when the progress bar moves and `on_log(steps,
-    seconds)` gets the finite steps fetched, as (1-based global step, metrics) pairs, and the
-    seconds since the previous fetch. `timer` (a `cost.FirstCallsTimer`) is told of each call
-    until it has timed one after compilation.
+    seconds)` gets the finite steps fetched, as (1-based global step, metrics) pairs (the last
+    with `param_norm`, the parameters' norm after it), and the seconds since the previous fetch.
+    `timer` (a `cost.FirstCallsTimer`) is told of each call until it has timed one after
+    compilation.
     """
     totals = dict(totals or {"loss_sum": 0.0, "correct": 0, "count": 0, "skipped": 0})
     first_step = int(state.step)
@@ -301,6 +303,10 @@ def drive(
                 img_s=f"{images / (now - interval_start):.0f}",
             )
             if on_log is not None:
+                # The state now is that after the last step fetched, and after the last finite
+                # one too (a step that is not finite keeps the parameters).
+                step, metrics = logged[-1]
+                logged[-1] = (step, {**metrics, "param_norm": parameter_norm(state.params)})
                 on_log(logged, now - interval_start)
         interval_start = now
 
@@ -328,6 +334,12 @@ def drive(
             f"every step of epoch {epoch + 1} was non-finite and skipped: lower learning_rate"
         )
     return state, totals
+
+
+@jax.jit
+def parameter_norm(params) -> jax.Array:
+    """The global L2 norm of the parameters, for the step log's rows (`param_norm`)."""
+    return optax.tree.norm(params)
 
 
 def say(message: str) -> None:

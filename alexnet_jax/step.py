@@ -56,7 +56,7 @@ def train_step(
     local slice, `state` and `rng` (the step's key, `keys.step_key`) are the same on every
     device. BatchNorm averages its batch statistics over DATA_AXIS too, so the step equals one
     on the whole batch on one device. Returns the new state and metrics summed over the global
-    batch, with the global norms of the averaged gradients and of the new parameters.
+    batch, with the global norm of the averaged gradients.
 
     `apply_fn` is the model's, with BatchNorm's `axis_name` the same as the step's (`step_body`).
     `axis_name` None is one device alone (`device_axis`): the means and sums over devices are left
@@ -107,9 +107,14 @@ def train_step(
         },
         axis_name,
     )
-    # For the step log (metric_log.py): outputs only, read from what the step computed anyway.
-    norms = {"grad_norm": jnp.sqrt(grads_squared_norm), "param_norm": optax.tree.norm(state.params)}
-    return state, {**metrics, **norms, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    # For the step log (metric_log.py), from what the step computed anyway. (The parameters' norm
+    # is taken once per log row instead, `run.parameter_norm`: a pass over them a step.)
+    grad_norm = jnp.sqrt(grads_squared_norm)
+    return state, {
+        **metrics,
+        "grad_norm": grad_norm,
+        "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
+    }
 
 
 def _over_devices(collective, tree, axis_name: str | None):

@@ -1,5 +1,6 @@
 """Step metrics, TensorBoard events and environment.json of a run, read back as a user would."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -131,22 +132,30 @@ def test_the_driver_hands_over_the_finite_steps_it_fetched():
     # step 15 is non-finite and skipped.
     config = tiny_config(nonfinite="skip", log_every=6, num_epochs=2)
 
-    class State:
-        step = 10
+    @dataclasses.dataclass
+    class State:  # whose one parameter is the number of the last step taken
+        step: int = 10
+        params: dict = dataclasses.field(default_factory=lambda: {"w": np.float32(10)})
 
     def dispatch(state, work):
         first, count = work
         steps = np.arange(first, first + count) + 11
         ones = np.ones(count)
         metrics = {"loss_sum": ones, "correct": ones, "count": ones * 16, "grad_norm": ones}
-        return state, {**metrics, "nonfinite": (steps == 15).astype(np.int32)}
+        new = State(int(steps[-1]), {"w": np.float32(steps[-1])})
+        return new, {**metrics, "nonfinite": (steps == 15).astype(np.int32)}
 
     handed = []
-    log = lambda steps, seconds: handed.append(([s for s, _ in steps], seconds))  # noqa: E731
+
+    def log(steps, seconds):
+        handed.append(([s for s, _ in steps], seconds, float(steps[-1][1]["param_norm"])))
+
     work = [(0, 3), (3, 3), (6, 3), (9, 1)]
     drive(State(), iter(work), 10, dispatch, 1, config, StopRequests(), on_log=log)
-    assert [steps for steps, _ in handed] == [[11, 12, 13, 14, 16], [17, 18, 19, 20]]
-    assert all(seconds > 0 for _, seconds in handed)
+    assert [steps for steps, _, _ in handed] == [[11, 12, 13, 14, 16], [17, 18, 19, 20]]
+    assert all(seconds > 0 for _, seconds, _ in handed)
+    # The last step of each row has the norm of the parameters after the last call fetched.
+    assert [norm for _, _, norm in handed] == [16, 20]
 
 
 def test_the_best_checkpoint_says_which_split_chose_it(tiny_run):
