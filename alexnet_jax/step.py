@@ -253,11 +253,11 @@ def make_train_steps(
 
 def donates_state(mesh: Mesh, config: ml_collections.ConfigDict) -> bool:
     """Whether a step reuses the old state's buffers for the new one: on accelerators, and on the
-    CPU where the optimiser is written out (`MomentumSGD`), whose update runs in place there
-    too: 100 against 107 ms a step (README: Speed). Through optax's chain (AdamW, SGD without
-    momentum), the guard's choice between the old and the new state made XLA:CPU copy the old
-    one first instead, and the step ran about a tenth faster without. The same bits either way
-    (tests/test_train.py)."""
+    CPU where the optimiser is written out (`MomentumSGD`), whose update runs in place there too:
+    107.1 against 115.4 ms a step undonated (README: Speed). Through optax's chain (AdamW, SGD
+    without momentum), the guard's choice between the old and the new state made XLA:CPU copy
+    the old one first instead, and the step ran about a tenth faster without. The same bits
+    either way (tests/test_train.py)."""
     return mesh.devices.flat[0].platform != "cpu" or MomentumSGD.applies_to(config)
 
 
