@@ -114,8 +114,8 @@ def create_train_state(
         batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, steps_per_epoch),
         rng=run_rng,
-        # Copies: on accelerators the state is donated to each step, and a buffer may be donated
-        # only once.
+        # Copies: the state is donated to each step (`step.donates_state`), and a buffer may be
+        # donated only once.
         ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay > 0 else None,
     )
     # An array step (not Python's 0) so that checkpoints and donated buffers treat it like the rest.
