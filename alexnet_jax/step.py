@@ -109,12 +109,8 @@ def train_step(
     )
     # For the step log (metric_log.py), from what the step computed anyway. (The parameters' norm
     # is taken once per log row instead, `run.parameter_norm`: a pass over them a step.)
-    grad_norm = jnp.sqrt(grads_squared_norm)
-    return state, {
-        **metrics,
-        "grad_norm": grad_norm,
-        "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
-    }
+    norms = {"grad_norm": jnp.sqrt(grads_squared_norm)}
+    return state, {**metrics, **norms, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
 
 
 def _over_devices(collective, tree, axis_name: str | None):

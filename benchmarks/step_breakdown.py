@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec
 from alexnet_jax import bench, keys, mixing, preprocess
 from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.environment import environment
-from alexnet_jax.guarded_update import MomentumSGD, apply_if_finite
+from alexnet_jax.guarded_update import MomentumSGD, apply_if_finite, keep_if
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import device_batch
 from alexnet_jax.run import build
@@ -181,18 +181,16 @@ def ablated_step(
         updated = update_ema(
             keras_sgd(state, grads, batch_stats, config, schedule), config.ema_decay
         )
-        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, state)
-        new = new.replace(step=updated.step)
+        new = keep_if(finite, updated, state).replace(step=updated.step)
     else:
         decay = config.weight_decay if on("decay") else 0.0
-        sgd = MomentumSGD(schedule, config.momentum, config.nesterov, decay)
+        sgd = (
+            MomentumSGD(schedule, config.momentum, config.nesterov, decay)
+            if optimizer == "trainer"
+            else None
+        )
         new = apply_if_finite(
-            state.replace(tx=tx),
-            grads,
-            batch_stats,
-            finite,
-            config.ema_decay,
-            sgd if optimizer == "trainer" else None,
+            state.replace(tx=tx), grads, batch_stats, finite, config.ema_decay, sgd
         ).replace(tx=state.tx)
     metrics = {"count": jnp.asarray(local, jnp.int32)}
     if on("metrics"):
