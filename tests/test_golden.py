@@ -52,6 +52,13 @@ GOLDEN = {
         2.7851059436798096,
         "2cf121551dc15a630158a52464f898c2dc4f28ab162791d6e767ec3a0d53fbde",
     ),
+    # An AMD EPYC Zen 5 with AVX-512 (lscpu family 26 model 2; recorded 2026-12-03).
+    "AMD EPYC [avx avx2 avx512_bf16 avx512_bitalg avx512_vbmi2 avx512_vnni avx512_vp2intersect "
+    "avx512_vpopcntdq avx512bw avx512cd avx512dq avx512f avx512ifma avx512vbmi avx512vl avx_vnni "
+    "fma sse4_1 sse4_2 sse4a]": (
+        2.785106658935547,
+        "47979ebc4e7562d20ecffd55dd353312edac09501e8bbcf91a1a96becdbfa92c",
+    ),
 }
 # The first step's loss, the same on every CPU model to float32 rounding (2.8973002 on the
 # Zen 4 above; 2.8973000 there with YNNPACK's fusions off).
