@@ -13,6 +13,7 @@ written-out update's 107.1 (README: Speed; benchmarks/results/cpu/in-place/).
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,8 @@ class MomentumSGD:
         return cls(schedule, config.momentum, config.nesterov, config.weight_decay)
 
     def update_if_finite(self, grads, opt_state, params, finite):
-        """(params, opt_state) after the update where `finite`, else as they were."""
+        """(params, opt_state) after the update where `finite`, else as they were, and the
+        gradients with the weight decay added, as the update read them."""
         decay_state, (trace_state, schedule_state) = opt_state
         if self.weight_decay:  # (optax's add_decayed_weights leaves a zero decay out too)
             grads = jax.tree.map(
@@ -85,7 +87,7 @@ class MomentumSGD:
                 ),
             ),
         )
-        return params, opt_state
+        return params, opt_state, grads
 
 
 def apply_if_finite(
@@ -95,25 +97,32 @@ def apply_if_finite(
     finite: jax.Array,
     ema_decay: float,
     sgd: MomentumSGD | None,
-) -> TrainState:
+) -> tuple[TrainState, Any]:
     """The state after the step's update (gradients, BatchNorm statistics, moving average) where
     `finite`, else as it was; the step count moves on either way. `sgd` is the optimiser written
-    out (`MomentumSGD.from_config`), or None for optax's update of `state.tx`."""
+    out (`MomentumSGD.from_config`), or None for optax's update of `state.tx`.
+
+    Also returns the gradients as the update read them (with the weight decay added, for
+    `sgd`): the compiled step may keep them in buffers of their own (`step.keeps_gradients`)."""
     if sgd is None:
         updated = state.apply_gradients(grads=grads)
         params = keep_if(finite, updated.params, state.params)
         opt_state = keep_if(finite, updated.opt_state, state.opt_state)
     else:
-        params, opt_state = sgd.update_if_finite(grads, state.opt_state, state.params, finite)
+        params, opt_state, grads = sgd.update_if_finite(
+            grads, state.opt_state, state.params, finite
+        )
     updated = state.replace(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
         batch_stats=keep_if(finite, batch_stats, state.batch_stats),
     )
-    if updated.ema is None:
-        return updated
-    return updated.replace(ema=keep_if(finite, update_ema(updated, ema_decay).ema, state.ema))
+    if updated.ema is not None:
+        updated = updated.replace(
+            ema=keep_if(finite, update_ema(updated, ema_decay).ema, state.ema)
+        )
+    return updated, grads
 
 
 def keep_if(finite: jax.Array, new, old):

@@ -1,9 +1,9 @@
 """The training step: its math (`train_step`), and the compiled calls that run it on the devices.
 
-`train_step(state, batch, rng) -> (state, metrics)` is pure per-device code in the pmap style:
-it sees its slice of the global batch, and `jax.shard_map` maps it over the mesh's batch axis
-(README: How the training step is parallel). `TrainCalls` compiles it, one step or several per
-call to the devices.
+`train_step(state, batch, rng) -> (state, metrics, gradients)` is pure per-device code in the
+pmap style: it sees its slice of the global batch, and `jax.shard_map` maps it over the mesh's
+batch axis (README: How the training step is parallel). `TrainCalls` compiles it, one step or
+several per call to the devices.
 """
 
 import functools
@@ -55,8 +55,9 @@ def train_step(
     Runs under `shard_map` over DATA_AXIS: `batch` ({'image': uint8, 'label': int}) is the
     local slice, `state` and `rng` (the step's key, `keys.step_key`) are the same on every
     device. BatchNorm averages its batch statistics over DATA_AXIS too, so the step equals one
-    on the whole batch on one device. Returns the new state and metrics summed over the global
-    batch, with the global norm of the averaged gradients.
+    on the whole batch on one device. Returns the new state, metrics summed over the global
+    batch with the global norm of the averaged gradients, and the gradients as the update read
+    them (`guarded_update.apply_if_finite`; `make_train_steps` may keep them).
 
     `apply_fn` is the model's, with BatchNorm's `axis_name` the same as the step's (`step_body`).
     `axis_name` None is one device alone (`device_axis`): the means and sums over devices are left
@@ -97,7 +98,7 @@ def train_step(
     grads_squared_norm = optax.tree.norm(grads, squared=True)
     global_loss = _over_devices(jax.lax.pmean, loss, axis_name)
     finite = step_is_finite(global_loss, grads_squared_norm, batch_stats)
-    state = apply_if_finite(state, grads, batch_stats, finite, ema_decay, sgd)
+    state, gradients = apply_if_finite(state, grads, batch_stats, finite, ema_decay, sgd)
     metrics = _over_devices(
         jax.lax.psum,
         {
@@ -110,7 +111,8 @@ def train_step(
     # For the step log (metric_log.py), from what the step computed anyway. (The parameters' norm
     # is taken once per log row instead, `run.parameter_norm`: a pass over them a step.)
     norms = {"grad_norm": jnp.sqrt(grads_squared_norm)}
-    return state, {**metrics, **norms, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    nonfinite = jnp.logical_not(finite).astype(jnp.int32)
+    return state, {**metrics, **norms, "nonfinite": nonfinite}, gradients
 
 
 def _over_devices(collective, tree, axis_name: str | None):
@@ -152,7 +154,7 @@ def step_body(
     config: ml_collections.ConfigDict, derived: Derived, devices: int, steps_per_epoch: int
 ):
     """`train_step` with the config's options bound, for a mesh of `devices`:
-    (state, batch, rng) -> (state, metrics)."""
+    (state, batch, rng) -> (state, metrics, gradients)."""
     axis_name = device_axis(devices)
     return functools.partial(
         train_step,
@@ -183,10 +185,15 @@ def device_axis(devices: int) -> str | None:
 
 
 def make_train_steps(
-    config: ml_collections.ConfigDict, derived: Derived, mesh: Mesh, partitions: TrainPartitions
+    config: ml_collections.ConfigDict,
+    derived: Derived,
+    mesh: Mesh,
+    partitions: TrainPartitions,
+    keep_gradients: bool,
 ):
     """Train steps compiled and data-parallel over `mesh`:
-    (state, orders, first, count) -> (state, metrics stacked one row per step).
+    (state, gradients, orders, first, count) -> (state, metrics stacked one row per step,
+    gradients).
 
     Runs steps `first` .. `first + count - 1` of the epoch whose `orders` are given (each
     device's order of its training partition, `TrainPartitions.epoch_orders`): each device
@@ -203,47 +210,58 @@ def make_train_steps(
     off YNNPACK and rounded differently.) Compilation grows with
     `count`, and `count` is static: one program per distinct count (the configured one, and
     the remainder at the end of an epoch when it does not divide the steps per epoch).
+
+    With `keep_gradients` (`keeps_gradients`), `gradients` are buffers shaped as the
+    parameters, donated to the call, which the call's last step writes its gradients to and
+    returns: what they hold is never read. Without, `gradients` is None both ways.
     """
     devices = mesh.devices.size
     body = step_body(config, derived, devices, partitions.steps_per_epoch)
     size = partitions.device_batch
 
-    def per_device(state, images, labels, orders, first, *, count):
+    def per_device(state, gradients, images, labels, orders, first, *, count):
         def one(state, i):
             state = jax.lax.optimization_barrier(state)
             batch = device_batch(images, labels, orders, first + i, size=size)
-            state, metrics = body(state, batch, keys.step_key(state.rng, state.step))
-            return jax.lax.optimization_barrier((state, metrics))
+            state, metrics, gradients = body(state, batch, keys.step_key(state.rng, state.step))
+            return jax.lax.optimization_barrier((state, metrics)), gradients
 
         # Unrolled in Python, not by an unrolled lax.scan: in a scan's body XLA:CPU runs the
         # backward convolutions on its generic (Eigen) convolution instead of YNNPACK, several
         # times slower (benchmarks/results/cpu/step-breakdown/).
         rows = []
         for i in range(count):
-            state, metrics = one(state, jnp.int32(i))
+            (state, metrics), gradients = one(state, jnp.int32(i))
             rows.append(metrics)
-        return state, jax.tree.map(lambda *row: jnp.stack(row), *rows)
+        metrics = jax.tree.map(lambda *row: jnp.stack(row), *rows)
+        return state, metrics, gradients if keep_gradients else None
 
     @functools.cache
     def compiled(count: int):
         sharded = jax.shard_map(
             functools.partial(per_device, count=count),
             mesh=mesh,
-            in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
-            out_specs=(PartitionSpec(), PartitionSpec()),
+            in_specs=(PartitionSpec(),) * 2 + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
+            out_specs=(PartitionSpec(),) * 3,
             # On one device nothing is varying over the mesh (device_axis): nothing to check.
             check_vma=device_axis(devices) is not None,
         )
-        return jax.jit(sharded, donate_argnums=0 if donates_state(mesh, config) else ())
+        donated = (0, 1) if donates_state(mesh, config) else (1,)
+        # keep_unused: the gradients' buffers are never read, and must stay arguments to be
+        # donated.
+        return jax.jit(sharded, donate_argnums=donated, keep_unused=True)
 
-    def arguments(state, orders, first):
-        return state, partitions.images, partitions.labels, orders, jnp.asarray(first, jnp.int32)
+    def arguments(state, gradients, orders, first):
+        images, labels = partitions.images, partitions.labels
+        return state, gradients, images, labels, orders, jnp.asarray(first, jnp.int32)
 
-    def run(state, orders, first: int, count: int):
-        return compiled(count)(*arguments(state, orders, first))
+    def run(state, gradients, orders, first: int, count: int):
+        return compiled(count)(*arguments(state, gradients, orders, first))
 
     # For ahead-of-time compilation: the program of `count` steps, lowered.
-    run.lower = lambda state, orders, count: compiled(count).lower(*arguments(state, orders, 0))
+    run.lower = lambda state, gradients, orders, count: compiled(count).lower(
+        *arguments(state, gradients, orders, 0)
+    )
     return run
 
 
@@ -257,12 +275,27 @@ def donates_state(mesh: Mesh, config: ml_collections.ConfigDict) -> bool:
     return mesh.devices.flat[0].platform != "cpu" or MomentumSGD.applies_to(config)
 
 
+def keeps_gradients(mesh: Mesh) -> bool:
+    """Whether the step writes its gradients to buffers kept from call to call (on the CPU).
+
+    XLA:CPU allocates a call's temporaries anew for every call, and glibc maps an allocation
+    over 32 MB from the kernel afresh, page by page: with the gradients among them (87 MB at
+    67x67, 67 MB of it the 4096x4096 kernel's) a step at batch 16 faulted in about 26,000
+    pages, and the gradients' dot product ran several times longer than into memory already
+    mapped. In buffers of their own, donated to each call, they stay mapped: about 100 faults
+    a step, and the step about a fifth faster (README: Speed). The same bits (tests). On
+    accelerators XLA's allocator keeps its memory, so the buffers would only take memory.
+    """
+    return mesh.devices.flat[0].platform == "cpu"
+
+
 class TrainCalls:
     """The calls to the devices that train an epoch, `steps_per_dispatch` steps each.
 
     `epoch(orders)` yields the work of each call, (orders, first step, step count): the last
     call of an epoch runs what is left. `dispatch(state, work) -> (state, metrics)` runs one.
-    A single step is a call of one step: training has this one path.
+    A single step is a call of one step: training has this one path. Where the step keeps its
+    gradients in buffers of their own (`keeps_gradients`), they are held here between calls.
     """
 
     def __init__(
@@ -274,7 +307,9 @@ class TrainCalls:
     ):
         self.per_call = config.steps_per_dispatch
         self.partitions = partitions
-        self._steps = make_train_steps(config, derived, mesh, partitions)
+        self.keep_gradients = keeps_gradients(mesh)
+        self._steps = make_train_steps(config, derived, mesh, partitions, self.keep_gradients)
+        self._gradients = None
 
     def epoch(self, orders, start: int = 0):
         """The calls of an epoch from its step `start` on (a stopped epoch goes on from there)."""
@@ -285,12 +320,23 @@ class TrainCalls:
         )
 
     def dispatch(self, state, work):
-        return self._steps(state, *work)
+        state, metrics, self._gradients = self._steps(state, self.gradient_buffers(state), *work)
+        return state, metrics
 
     def lower(self, state, orders) -> list:
         """Every distinct program an epoch runs, lowered (`.compile()` fills jit's cache)."""
         counts = sorted({count for _, _, count in self.epoch(orders)})
-        return [self._steps.lower(state, orders, count) for count in counts]
+        gradients = self.gradient_buffers(state)
+        return [self._steps.lower(state, gradients, orders, count) for count in counts]
+
+    def gradient_buffers(self, state):
+        """The buffers for the next call's gradients: the last call's, or new ones shaped and
+        placed as the parameters (also where a failed call has taken the last ones)."""
+        if not self.keep_gradients:
+            return None
+        if self._gradients is None or any(g.is_deleted() for g in jax.tree.leaves(self._gradients)):
+            self._gradients = jax.tree.map(jnp.zeros_like, state.params)
+        return self._gradients
 
 
 def per_step(metrics_list):

@@ -44,6 +44,7 @@ from alexnet_jax.step import (
     cross_entropy,
     device_axis,
     donates_state,
+    keeps_gradients,
     step_is_finite,
 )
 
@@ -85,6 +86,10 @@ VARIANTS = {
         "the state donated (as the trainer with SGD, and on accelerators)",
         {"donate": True},
     ),
+    "no-kept-gradients": (
+        "the gradients in the call's temporaries, not in buffers kept from call to call",
+        {"keep_gradients": False},
+    ),
     "scan": (
         "the step in an unrolled lax.scan of length 1 (the trainer's before 2026-11-26)",
         {"scan": True},
@@ -102,7 +107,7 @@ VARIANTS = {
         },
     ),
 }
-PROGRAM_SWITCHES = ("barrier", "donate", "scan", "xla")
+PROGRAM_SWITCHES = ("barrier", "donate", "scan", "keep_gradients", "xla")
 
 
 def variant(name: str) -> tuple[str, dict]:
@@ -182,6 +187,7 @@ def ablated_step(
             keras_sgd(state, grads, batch_stats, config, schedule), config.ema_decay
         )
         new = keep_if(finite, updated, state).replace(step=updated.step)
+        gradients = grads
     else:
         decay = config.weight_decay if on("decay") else 0.0
         sgd = (
@@ -189,9 +195,10 @@ def ablated_step(
             if optimizer == "trainer"
             else None
         )
-        new = apply_if_finite(
+        new, gradients = apply_if_finite(
             state.replace(tx=tx), grads, batch_stats, finite, config.ema_decay, sgd
-        ).replace(tx=state.tx)
+        )
+        new = new.replace(tx=state.tx)
     metrics = {"count": jnp.asarray(local, jnp.int32)}
     if on("metrics"):
         metrics["loss_sum"] = loss * local
@@ -199,7 +206,7 @@ def ablated_step(
     metrics = _over_devices(jax.lax.psum, metrics, axis_name)
     if on("norms"):
         metrics["grad_norm"] = jnp.sqrt(grads_squared_norm)
-    return new, {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    return new, {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}, gradients
 
 
 def keras_sgd(state, grads, batch_stats, config, schedule):
@@ -233,34 +240,43 @@ def variant_tx(config, steps_per_epoch: int, switches):
     return tx, schedule
 
 
-def program(run, body, *, barrier=True, donate=None, scan=False):
-    """One step per call, as `step.make_train_steps` compiles it (count 1); `donate` None: as
-    the trainer does (`step.donates_state`)."""
+def program(run, body, *, barrier=True, donate=None, scan=False, keep_gradients=None):
+    """One step per call, as `step.make_train_steps` compiles it (count 1): (state, gradients,
+    images, labels, orders, first) -> (state, metrics, gradients). `donate` and
+    `keep_gradients` None: as the trainer does (`step.donates_state`, `step.keeps_gradients`;
+    the latter not with `scan`)."""
     if donate is None:
         donate = donates_state(run.mesh, run.config)
+    if keep_gradients is None:
+        keep_gradients = keeps_gradients(run.mesh) and not scan
     size = run.partitions.device_batch
 
-    def per_device(state, images, labels, orders, first):
+    def per_device(state, gradients, images, labels, orders, first):
         def one(state, i):
             if barrier:
                 state = jax.lax.optimization_barrier(state)
             batch = device_batch(images, labels, orders, first + i, size=size)
-            out = body(state, batch, keys.step_key(state.rng, state.step))
-            return jax.lax.optimization_barrier(out) if barrier else out
+            state, metrics, gradients = body(state, batch, keys.step_key(state.rng, state.step))
+            out = (state, metrics)
+            return (jax.lax.optimization_barrier(out) if barrier else out), gradients
 
         if scan:
-            return jax.lax.scan(one, state, jnp.arange(1, dtype=jnp.int32), unroll=True)
-        state, metrics = one(state, jnp.int32(0))
-        return state, jax.tree.map(lambda m: m[None], metrics)
+            steps = jnp.arange(1, dtype=jnp.int32)
+            state, metrics = jax.lax.scan(lambda s, i: one(s, i)[0], state, steps, unroll=True)
+            return state, metrics, None
+        (state, metrics), gradients = one(state, jnp.int32(0))
+        metrics = jax.tree.map(lambda m: m[None], metrics)
+        return state, metrics, gradients if keep_gradients else None
 
     sharded = jax.shard_map(
         per_device,
         mesh=run.mesh,
-        in_specs=(PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
-        out_specs=(PartitionSpec(), PartitionSpec()),
+        in_specs=(PartitionSpec(),) * 2 + (PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
+        out_specs=(PartitionSpec(),) * 3,
         check_vma=device_axis(run.mesh.devices.size) is not None,
     )
-    return jax.jit(sharded, donate_argnums=0 if donate else ())
+    jitted = jax.jit(sharded, donate_argnums=(0, 1) if donate else (1,), keep_unused=True)
+    return jitted, keep_gradients
 
 
 def copy_state(state):
@@ -275,7 +291,8 @@ class Ours:
         self.state = copy_state(state)
         if name == "trainer":
             self.call = lambda s, orders: run.calls.dispatch(s, (orders, 0, 1))
-            self.compiled = run.calls._steps.lower(self.state, run.orders, 1).compile()
+            (lowered,) = run.calls.lower(self.state, run.orders)
+            self.compiled = lowered.compile()
             return
         config, derived = run.config, run.derived
         tx, schedule = variant_tx(config, run.steps_per_epoch, switches)
@@ -298,12 +315,18 @@ class Ours:
             axis_name=axis_name,
         )
         kwargs = {k: v for k, v in switches.items() if k in PROGRAM_SWITCHES and k != "xla"}
-        jitted = program(run, body, **kwargs)
+        jitted, keep_gradients = program(run, body, **kwargs)
         p = run.partitions
         arguments = (p.images, p.labels, run.orders, jnp.asarray(0, jnp.int32))
-        lowered = jitted.lower(self.state, *arguments)
+        self.gradients = jax.tree.map(jnp.zeros_like, self.state.params) if keep_gradients else None
+        lowered = jitted.lower(self.state, self.gradients, *arguments)
         self.compiled = lowered.compile(compiler_options=switches.get("xla"))
-        self.call = lambda s, orders: self.compiled(s, *arguments)
+
+        def call(state, orders):
+            state, metrics, self.gradients = self.compiled(state, self.gradients, *arguments)
+            return state, metrics
+
+        self.call = call
 
     def steps(self, run, n: int) -> None:
         for _ in range(n):

@@ -12,7 +12,7 @@ import pytest
 from alexnet_jax.data import Dataset, Split, synthetic_dataset
 from alexnet_jax.guarded_update import MomentumSGD
 from alexnet_jax.run import build
-from alexnet_jax.state import make_optimizer
+from alexnet_jax.state import decays, make_optimizer
 from alexnet_jax.step import cross_entropy
 
 from conftest import new_state, single_steps, tiny_config
@@ -198,6 +198,7 @@ def test_the_written_out_sgd_gives_optax_chain_bits_and_keeps_a_non_finite_step(
     config = tiny_config(nesterov=nesterov, weight_decay=weight_decay, warmup_epochs=2.0)
     tx = make_optimizer(config, steps_per_epoch=4)
     sgd = MomentumSGD.from_config(config, steps_per_epoch=4)
+    kernels_only = lambda params: jax.tree.map(decays, params)  # noqa: E731
     rng = np.random.default_rng(3)
     ours = theirs = (model_params, tx.init(model_params))
     for finite in (True, True, False):
@@ -206,8 +207,13 @@ def test_the_written_out_sgd_gives_optax_chain_bits_and_keeps_a_non_finite_step(
         updates, new_opt_state = tx.update(grads, opt_state, params)
         if finite:
             theirs = (optax.apply_updates(params, updates), new_opt_state)
-        ours = sgd.update_if_finite(grads, ours[1], ours[0], jnp.asarray(finite))
+        *ours, read = sgd.update_if_finite(grads, ours[1], ours[0], jnp.asarray(finite))
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            np.testing.assert_array_equal(a, b)
+        # What the update read: the gradients after optax's first link, the weight decay.
+        decay = optax.add_decayed_weights(weight_decay, mask=kernels_only)
+        decayed, _ = decay.update(grads, decay.init(params), params)
+        for a, b in zip(jax.tree.leaves(read), jax.tree.leaves(decayed), strict=True):
             np.testing.assert_array_equal(a, b)
     assert int(ours[1][1][1].count) == 2  # the schedule's count moved for the finite steps only
 
