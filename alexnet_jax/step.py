@@ -281,10 +281,11 @@ def keeps_gradients(mesh: Mesh) -> bool:
     XLA:CPU allocates a call's temporaries anew for every call, and glibc maps an allocation
     over 32 MB from the kernel afresh, page by page: with the gradients among them (87 MB at
     67x67, 67 MB of it the 4096x4096 kernel's) a step at batch 16 faulted in about 26,000
-    pages, and the gradients' dot product ran several times longer than into memory already
-    mapped. In buffers of their own, donated to each call, they stay mapped: about 100 faults
-    a step, and the step about a fifth faster (README: Speed). The same bits (tests). On
-    accelerators XLA's allocator keeps its memory, so the buffers would only take memory.
+    pages, and that kernel's gradient took 14 ms to write instead of 2. In buffers of their
+    own, donated to each call, they stay mapped: the temporaries are 20 MB, the faults none,
+    and the step 77 ms instead of 114 (README: Speed; benchmarks/results/cpu/kept-gradients/).
+    The same bits (tests). On accelerators XLA's allocator keeps its memory, so the buffers
+    would only take memory.
     """
     return mesh.devices.flat[0].platform == "cpu"
 
