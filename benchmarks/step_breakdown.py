@@ -243,12 +243,13 @@ def variant_tx(config, steps_per_epoch: int, switches):
 def program(run, body, *, barrier=True, donate=None, scan=False, keep_gradients=None):
     """One step per call, as `step.make_train_steps` compiles it (count 1): (state, gradients,
     images, labels, orders, first) -> (state, metrics, gradients). `donate` and
-    `keep_gradients` None: as the trainer does (`step.donates_state`, `step.keeps_gradients`;
-    the latter not with `scan`)."""
+    `keep_gradients` None: as the trainer does (`step.donates_state`, `step.keeps_gradients`);
+    with `scan`, the gradients are not kept."""
     if donate is None:
         donate = donates_state(run.mesh, run.config)
     if keep_gradients is None:
-        keep_gradients = keeps_gradients(run.mesh) and not scan
+        keep_gradients = keeps_gradients(run.mesh)
+    keep_gradients = keep_gradients and not scan  # (the scan's body returns none)
     size = run.partitions.device_batch
 
     def per_device(state, gradients, images, labels, orders, first):
