@@ -281,7 +281,7 @@ def keeps_gradients(mesh: Mesh) -> bool:
     XLA:CPU allocates a call's temporaries anew for every call, and glibc maps an allocation
     over 32 MB from the kernel afresh, page by page: with the gradients among them (87 MB at
     67x67, 67 MB of it the 4096x4096 kernel's) a step at batch 16 faulted in about 26,000
-    pages, and that kernel's gradient took 14 ms to write instead of 2. In buffers of their
+    pages, and that kernel's gradient took 14 ms to write (2.2 ms once kept). In buffers of their
     own, donated to each call, they stay mapped: the temporaries are 20 MB, the faults 2,
     and the step 77 ms instead of 114 (README: Speed; benchmarks/results/cpu/kept-gradients/).
     The same bits (tests). On accelerators XLA's allocator keeps its memory, so the buffers
