@@ -60,6 +60,8 @@ GOLDEN = {
         "47979ebc4e7562d20ecffd55dd353312edac09501e8bbcf91a1a96becdbfa92c",
     ),
     # An AMD EPYC Zen 3 with AVX2, no AVX-512 (lscpu family 25 model 1; recorded 2026-12-03).
+    # A Zen 1 (family 23 model 1), whose name and extensions are the same, gave the same bits
+    # (2026-12-04).
     "AMD EPYC [avx avx2 fma sse4_1 sse4_2 sse4a]": (
         2.7804951667785645,
         "301bdadc58d7a9b678b2d0c2736573b676e3ffec21931e4ad9fd0c49c59529ef",
