@@ -66,7 +66,7 @@ def pytest_unconfigure(config):
 def summarise(log_dir: Path, top: int = 25) -> None:
     events = [json.loads(line) for path in log_dir.glob("*.jsonl") for line in open(path)]
     compiles = [e for e in events if e["kind"] == "compile"]
-    seconds = collections.defaultdict(lambda: collections.Counter())
+    seconds = collections.defaultdict(collections.Counter)
     for e in compiles:
         seconds["program"][e["name"]] += e["s"]
         seconds["file"][e["test"].split("::")[0]] += e["s"]
