@@ -7,16 +7,20 @@
 The plugin turns on `jax_log_compiles` in the test processes (not in the training processes
 that tests start, whose output some tests read) and writes, per pytest process, one JSON line per
 XLA compilation (test, program, seconds) and per persistent-cache hit to LOG_DIR
-(COMPILE_LOG_DIR, default /tmp/compile-log). Run as a script, it sums them by program, file and
-test.
+(COMPILE_LOG_DIR, default /tmp/compile-log). It also records each program handed to XLA (hashes
+of its StableHLO text as it is and with every constant blanked out), so that the summary can say
+how many of the training programs differ only in their constants. Run as a script, it sums them
+by program, file and test.
 """
 
 import collections
+import hashlib
 import json
 import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,7 @@ import pytest
 LOG_DIR = Path(os.environ.get("COMPILE_LOG_DIR", "/tmp/compile-log"))
 _test = {"id": "<collection>"}
 _events = []
+_CONSTANT = re.compile(r"dense(?:_resource)?<[^>]*>")
 
 
 class _Recorder(logging.Handler):
@@ -47,6 +52,33 @@ def pytest_configure(config):
         logger = logging.getLogger(name)
         logger.addHandler(recorder)
         logger.setLevel(logging.DEBUG)
+    _record_programs()
+
+
+def _record_programs():
+    """Wrap the one function that hands a program to XLA (or to the persistent cache)."""
+    from jax._src import compiler
+
+    compile_or_get_cached = compiler.compile_or_get_cached
+
+    def recorded(backend, computation, *args, **kwargs):
+        text = str(computation)
+        start = time.perf_counter()
+        executable = compile_or_get_cached(backend, computation, *args, **kwargs)
+        digest = lambda t: hashlib.sha1(t.encode()).hexdigest()[:12]  # noqa: E731
+        _events.append(
+            dict(
+                test=_test["id"],
+                kind="program",
+                name=str(computation.operation.attributes["sym_name"]).strip('"'),
+                s=time.perf_counter() - start,
+                program=digest(text),
+                without_constants=digest(_CONSTANT.sub("C", text)),
+            )
+        )
+        return executable
+
+    compiler.compile_or_get_cached = recorded
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -80,6 +112,28 @@ def summarise(log_dir: Path, top: int = 25) -> None:
         for key, s in seconds[by].most_common(top):
             extra = f"  {count[key]:4d}  {hits[key]:4d}" if by == "test" else ""
             print(f"  {s:7.1f}{extra}  {key}")
+    programs = [e for e in events if e["kind"] == "program" and "per_device" in e["name"]]
+    if programs:
+        _summarise_training_programs(programs)
+
+
+def _summarise_training_programs(programs) -> None:
+    """How many distinct training programs the tests build, and how many would remain if their
+    constants (the learning-rate schedule's, the loss's, ...) were inputs instead."""
+    first = {}  # each distinct program's first handing over: its compilation
+    for e in programs:
+        first.setdefault(e["program"], e)
+    by_shape = collections.defaultdict(list)
+    for e in first.values():
+        by_shape[e["without_constants"]].append(e["s"])
+    shared = sum(sum(sorted(s)[:-1]) for s in by_shape.values())
+    print(
+        f"\ntraining programs (jit(per_device)): {len(programs)} handed to XLA in "
+        f"{sum(e['s'] for e in programs):.1f} s, {len(first)} distinct "
+        f"(their first compilations {sum(e['s'] for e in first.values()):.1f} s); "
+        f"{len(by_shape)} distinct with every constant blanked out: constants as inputs "
+        f"would save at most {shared:.1f} s"
+    )
 
 
 if __name__ == "__main__":
