@@ -37,7 +37,7 @@ from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.environment import environment
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests
-from alexnet_jax.run import build, drive, train_epoch
+from alexnet_jax.run import build_placed, drive, train_epoch
 
 STEM_NAMES = {"conv11": "conv11", "s2d": "space_to_depth"}
 DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16"}
@@ -128,9 +128,7 @@ def measure(
         test_size=config.eval_batch_size * eval_batches,
     )
     start = time.perf_counter()
-    run = build(config, dataset, devices)
-    state = run.fresh_state()
-    jax.block_until_ready((run.partitions.images, run.evaluation.batches, state))
+    run, state = build_placed(config, dataset, devices)
     setup_seconds = time.perf_counter() - start
 
     training, evaluation = run.lower(state)

@@ -88,6 +88,13 @@ class Run:
         training = self.calls.lower(state, self.partitions.epoch_orders(state.rng, 0))
         return training, self.evaluator.lower(state, self.evaluation.batches)
 
+    def compile_ahead(self, state: TrainState) -> None:
+        """Compile the training programs an epoch runs and the evaluation program now, into the
+        jitted calls' caches, so that the first epoch runs without compiling."""
+        training, evaluation = self.lower(state)
+        for lowered in [*training, evaluation]:
+            lowered.compile()
+
     def evaluate(self, state: TrainState) -> EvalResult:
         return evaluate(state, self.evaluation, self.evaluator, self.derived.num_classes)
 
@@ -116,6 +123,17 @@ def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None, dev
         calls=TrainCalls(config, derived, mesh, partitions),
         evaluator=make_evaluator(config, derived, mesh),
     )
+
+
+def build_placed(
+    config: ml_collections.ConfigDict, dataset: Dataset | None = None, devices=None
+) -> tuple[Run, TrainState]:
+    """`build` and a fresh state, waited for until the data and the state are on the devices
+    (so that timing it times their placement too)."""
+    run = build(config, dataset, devices)
+    state = run.fresh_state()
+    jax.block_until_ready((run.partitions.images, run.evaluation.batches, state))
+    return run, state
 
 
 @dataclass

@@ -29,7 +29,7 @@ from alexnet_jax.config import validate
 from alexnet_jax.data import Dataset, Split, load_training_data
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
-from alexnet_jax.run import build, run_epoch
+from alexnet_jax.run import build_placed, run_epoch
 
 JSON, MARKDOWN = "sweep.json", "sweep.md"
 # The fields that choose the images a variant reads: variants that share them share one read.
@@ -86,15 +86,11 @@ def training_split_only(config) -> Dataset:
 def run_variant(config, dataset: Dataset, devices, stop: StopRequests) -> dict:
     """Train one variant from scratch, evaluating the validation split after every epoch."""
     began = time.perf_counter()
-    run = build(config, dataset, devices)
-    state = run.fresh_state()
-    jax.block_until_ready((run.partitions.images, run.evaluation.batches, state))
+    run, state = build_placed(config, dataset, devices)
     setup_seconds = time.perf_counter() - began
 
     began = time.perf_counter()
-    training, evaluation = run.lower(state)
-    for lowered in [*training, evaluation]:
-        lowered.compile()
+    run.compile_ahead(state)
     compile_seconds = time.perf_counter() - began
 
     began = time.perf_counter()

@@ -13,7 +13,6 @@ Exit status 0 when the target was reached, 1 when it was not.
 import sys
 import time
 
-import jax
 import ml_collections
 
 from alexnet_jax import bench
@@ -21,7 +20,7 @@ from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.data import Dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
-from alexnet_jax.run import build, run_epoch
+from alexnet_jax.run import build_placed, run_epoch
 
 TARGETS = {"cifar10": 0.90, "mnist": 0.995}
 
@@ -41,15 +40,11 @@ def time_to_accuracy(
     start = time.perf_counter() if start is None else start
 
     began = time.perf_counter()
-    run = build(config, dataset, devices)
-    state = run.fresh_state()
-    jax.block_until_ready((run.partitions.images, run.evaluation.batches, state))
+    run, state = build_placed(config, dataset, devices)
     data_seconds = time.perf_counter() - began
 
     began = time.perf_counter()
-    training, evaluation = run.lower(state)
-    for lowered in [*training, evaluation]:
-        lowered.compile()
+    run.compile_ahead(state)
     compile_seconds = time.perf_counter() - began
 
     history, reached = [], False
