@@ -94,6 +94,10 @@ VARIANTS = {
         "the step in an unrolled lax.scan of length 1 (the trainer's before 2026-11-26)",
         {"scan": True},
     ),
+    "serial-scheduler": (
+        "XLA:CPU's concurrency-optimized scheduler off (same program, ops ordered otherwise)",
+        {"xla": {"xla_cpu_enable_concurrency_optimized_scheduler": False}},
+    ),
     "bare": (
         "all of: no augment, guard, norms, metrics, smoothing, decay; Keras' SGD",
         {
