@@ -56,6 +56,10 @@ ESTIMATES = {
     "tta-mnist": {"cpu": 55, "accelerator": 45},
     "tta-cifar10": {"cpu": 60, "accelerator": 110},
     "train-split": {"cpu": 75, "accelerator": 130},  # 50 epochs: 10 took 69 s
+    # From experiments/results/sweep-cifar10/ (2026-11-26, 50 epochs: the first variant 83 s,
+    # then about 60 s each): 6 variants and the data read. MNIST: the sweep file's own estimate.
+    "sweep-cifar10": {"cpu": 65, "accelerator": 420},
+    "sweep-mnist": {"cpu": 65, "accelerator": 360},
 }
 # A stage may run this many times its estimate before it is stopped (within the budget).
 LIMIT_FACTOR = 3
@@ -186,6 +190,33 @@ def tta_commands(dataset: str, name: str):
     return commands
 
 
+# Issue 12's next comparison on CIFAR-10: the levers at the recipe's full 50 epochs, with cutout,
+# which led there on 2026-11-26, first after the plain recipe, so that a run cut short still
+# compares the two. MNIST: every variant of its sweep file, at the file's 8 epochs.
+SWEEPS = {
+    "cifar10": ["--config.num_epochs=50", "--only", "base", "cutout16", "cutout16_ema",
+                "cutout16_mixup", "mixup", "ema"],
+    "mnist": [],
+}  # fmt: skip
+CPU_SWEEP_VARIANTS = {"cifar10": ["base", "cutout16"], "mnist": ["base", "affine"]}
+
+
+def sweep_commands(dataset: str, name: str):
+    def commands(ctx: Context) -> list[list[str]]:
+        if ctx.cpu:  # two variants of one tiny epoch each
+            sizes = [*CPU_DATA, "--config.num_epochs=1", "--only", *CPU_SWEEP_VARIANTS[dataset]]
+        else:
+            sizes = SWEEPS[dataset]
+        return [
+            ctx.python(
+                "-m", "alexnet_jax.sweep", "--config", f"experiments/sweep_{dataset}.py",
+                "--out", ctx.out / name, *ctx.data_flags(), *sizes,  # --only last: it takes a list
+            )
+        ]  # fmt: skip
+
+    return commands
+
+
 def train_split_commands(ctx: Context) -> list[list[str]]:
     # A whole `make train-cifar10` (50 epochs), as issue 11's ratio is defined: 10 epochs
     # (2026-11-26) weighed the run's last checkpoint, which waits for its write, five times too
@@ -297,6 +328,27 @@ def tta_figures(name: str):
             "data_s": round(r["data_seconds"], 1),
             "compile_s": round(r["compile_seconds"], 1),
             "training_s": round(r["training_seconds"], 1),
+        }
+
+    return figures
+
+
+def sweep_figures(name: str):
+    def figures(ctx: Context, seconds: float) -> dict:
+        """Each variant's final and best validation accuracy and its wall time (sweep.md has
+        the table)."""
+        variants = read_json(ctx.out / name / "sweep.json")["variants"]
+        if not variants:
+            raise RuntimeError(f"{name}/sweep.json has no variants")
+        top = max(variants, key=lambda row: row["validation_accuracy"])
+        return {
+            "best": f"{top['name']}: {top['validation_accuracy']:.2%}",
+            **{
+                row["name"]: f"{row['validation_accuracy']:.2%} after {row['epochs']} epoch(s) "
+                f"(best {row['best_validation_accuracy']:.2%} at {row['best_epoch']}), "
+                f"{row['wall_seconds']:.0f} s"
+                for row in variants
+            },
         }
 
     return figures
@@ -429,6 +481,21 @@ STAGES = [
         train_split_commands,
         train_split_figures,
         outputs=("train-split-metrics.jsonl",),
+    ),
+    # Validation split only: the test split is for `make accuracy-*` (issue 12).
+    Stage(
+        "sweep-cifar10",
+        "the recipe levers at 50 epochs on CIFAR-10's validation split (alexnet_jax.sweep)",
+        sweep_commands("cifar10", "sweep-cifar10"),
+        sweep_figures("sweep-cifar10"),
+        outputs=("sweep-cifar10",),
+    ),
+    Stage(
+        "sweep-mnist",
+        "the affine transforms, EMA and shifts on MNIST's validation split (alexnet_jax.sweep)",
+        sweep_commands("mnist", "sweep-mnist"),
+        sweep_figures("sweep-mnist"),
+        outputs=("sweep-mnist",),
     ),
 ]
 BY_NAME = {stage.name: stage for stage in STAGES}
@@ -611,7 +678,9 @@ def main(argv=None) -> int:
         "--budget", type=float, default=DEFAULT_BUDGET, help=f"seconds (default {DEFAULT_BUDGET})"
     )
     parser.add_argument("--stages", help=f"comma-separated, in order: {','.join(BY_NAME)}")
-    parser.add_argument("--data-dir", help="TFDS data dir of the data stages (tta, train-split)")
+    parser.add_argument(
+        "--data-dir", help="TFDS data dir of the data stages (tta, train-split, sweep)"
+    )
     parser.add_argument("--workdir", help="where runs and exports go (default OUT/../work)")
     parser.add_argument("--sizes", choices=("auto", "cpu", "accelerator"), default="auto")
     parser.add_argument("--archive", help="also pack the output folder into this .tar.gz")

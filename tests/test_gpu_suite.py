@@ -7,6 +7,10 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
+from alexnet_jax import sweep
+
 from conftest import ROOT
 
 SUITE = ROOT / "benchmarks" / "gpu_suite.py"
@@ -106,3 +110,45 @@ def test_the_pool_stage_runs_each_pool_backward_of_the_model():
     assert [c[-1] for c in commands] == [
         str(ROOT / "out" / f"bench-pool-{b}.json") for b in POOL_BACKWARDS
     ]
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_the_sweep_stages_run_variants_of_the_sweep_files_on_their_validation_split(dataset):
+    suite = load_suite()
+    sweep_file = ROOT / "experiments" / f"sweep_{dataset}.py"
+    variants = sweep.load_variants(sweep_file)
+    for sizes in ("accelerator", "cpu"):
+        context = suite.Context(ROOT / "out", ROOT / "work", sizes, data_dir="/data")
+        (command,) = suite.BY_NAME[f"sweep-{dataset}"].commands(context)
+        command = list(map(str, command))
+        assert command[command.index("--config") + 1] == f"experiments/sweep_{dataset}.py"
+        assert command[command.index("--out") + 1] == str(ROOT / "out" / f"sweep-{dataset}")
+        assert "--config.download=false" in command and "/data" in command
+        # --only takes every argument after it: each must be a variant of the file.
+        only = command[command.index("--only") + 1 :] if "--only" in command else []
+        assert all(name in variants for name in only), only
+    if dataset == "cifar10":  # the levers at the recipe's full length, the plain recipe first
+        (command,) = suite.BY_NAME["sweep-cifar10"].commands(
+            suite.Context(ROOT / "out", ROOT / "work", "accelerator", None)
+        )
+        assert "--config.num_epochs=50" in command
+        assert command[command.index("--only") + 1 :][:2] == ["base", "cutout16"]
+
+
+def test_the_sweep_figures_name_the_best_variant_and_each_ones_accuracy(tmp_path):
+    suite = load_suite()
+
+    def row(name, accuracy, best, epoch):
+        return {
+            "name": name, "changes": {}, "epochs": 50, "validation_accuracy": accuracy,
+            "best_validation_accuracy": best, "best_epoch": epoch, "wall_seconds": 61.2,
+        }  # fmt: skip
+
+    table = {"variants": [row("base", 0.9018, 0.9034, 45), row("cutout16", 0.9086, 0.9096, 47)]}
+    (tmp_path / "sweep-cifar10").mkdir()
+    (tmp_path / "sweep-cifar10" / sweep.JSON).write_text(json.dumps(table))
+    context = suite.Context(tmp_path, tmp_path / "work", "accelerator", None)
+    figures = suite.BY_NAME["sweep-cifar10"].figures(context, 130.0)
+    assert figures["best"] == "cutout16: 90.86%"
+    assert figures["base"] == "90.18% after 50 epoch(s) (best 90.34% at 45), 61 s"
+    assert list(figures) == ["best", "base", "cutout16"]
