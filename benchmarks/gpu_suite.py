@@ -60,6 +60,11 @@ ESTIMATES = {
     # then about 60 s each): 6 variants and the data read. MNIST: the sweep file's own estimate.
     "sweep-cifar10": {"cpu": 65, "accelerator": 420},
     "sweep-mnist": {"cpu": 65, "accelerator": 360},
+    # Not yet run on a GPU: three times what one seed took in tta (2026-11-26: CIFAR-10's 50
+    # epochs 96 s with compilation, MNIST's 4 of 8 epochs 38 s), with the evaluations. On a CPU
+    # the whole test split's evaluations (at 67x67) take most of it.
+    "accuracy-cifar10": {"cpu": 440, "accelerator": 330},
+    "accuracy-mnist": {"cpu": 300, "accelerator": 160},
 }
 # A stage may run this many times its estimate before it is stopped (within the budget).
 LIMIT_FACTOR = 3
@@ -217,6 +222,25 @@ def sweep_commands(dataset: str, name: str):
     return commands
 
 
+def accuracy_commands(dataset: str, name: str):
+    """`make accuracy-<dataset>`: the experiment over seeds 0, 1, 2, each evaluated on the test
+    split; the evidence and summary.json in OUT/<name>/, as in experiments/results/."""
+
+    def commands(ctx: Context) -> list[list[str]]:
+        # On a CPU two seeds of one tiny epoch; the test split is evaluated whole all the same.
+        sizes = [*CPU_DATA, "--config.num_epochs=1", "--seeds", "0", "1"] if ctx.cpu else []
+        workdir = ctx.workdir / name
+        return [
+            ["rm", "-rf", workdir],  # fresh runs: a seed's run dir would resume
+            ctx.python(
+                "-m", "alexnet_jax.seeds", "--config", f"experiments/{dataset}.py",
+                "--workdir", workdir, "--results", ctx.out / name, *ctx.data_flags(), *sizes,
+            ),
+        ]  # fmt: skip
+
+    return commands
+
+
 def train_split_commands(ctx: Context) -> list[list[str]]:
     # A whole `make train-cifar10` (50 epochs), as issue 11's ratio is defined: 10 epochs
     # (2026-11-26) weighed the run's last checkpoint, which waits for its write, five times too
@@ -349,6 +373,27 @@ def sweep_figures(name: str):
                 f"{row['wall_seconds']:.0f} s"
                 for row in variants
             },
+        }
+
+    return figures
+
+
+# summary.json's keys of the evaluations (alexnet_jax.seeds.KEYS; tested equal).
+ACCURACY_KEYS = ("test_accuracy", "test_accuracy_flip", "test_accuracy_views")
+
+
+def accuracy_figures(name: str):
+    def figures(ctx: Context, seconds: float) -> dict:
+        summary = read_json(ctx.out / name / "summary.json")
+        return {
+            "seeds": " ".join(map(str, summary["seeds"])),
+            "epochs": summary["epochs"],
+            **{
+                key: f"{summary[key]['mean']:.2%} ± {summary[key]['std']:.2%}"
+                for key in ACCURACY_KEYS
+                if key in summary
+            },
+            "wall_s per seed": round(summary["wall_seconds"]["mean"], 1),
         }
 
     return figures
@@ -496,6 +541,21 @@ STAGES = [
         sweep_commands("mnist", "sweep-mnist"),
         sweep_figures("sweep-mnist"),
         outputs=("sweep-mnist",),
+    ),
+    # The test split: the reported figures, once the recipe is tuned (issue 12).
+    Stage(
+        "accuracy-cifar10",
+        "experiments/cifar10.py over seeds 0, 1, 2 on the test split (make accuracy-cifar10)",
+        accuracy_commands("cifar10", "accuracy-cifar10"),
+        accuracy_figures("accuracy-cifar10"),
+        outputs=("accuracy-cifar10",),
+    ),
+    Stage(
+        "accuracy-mnist",
+        "experiments/mnist.py over seeds 0, 1, 2 on the test split (make accuracy-mnist)",
+        accuracy_commands("mnist", "accuracy-mnist"),
+        accuracy_figures("accuracy-mnist"),
+        outputs=("accuracy-mnist",),
     ),
 ]
 BY_NAME = {stage.name: stage for stage in STAGES}
@@ -679,7 +739,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--stages", help=f"comma-separated, in order: {','.join(BY_NAME)}")
     parser.add_argument(
-        "--data-dir", help="TFDS data dir of the data stages (tta, train-split, sweep)"
+        "--data-dir", help="TFDS data dir of the data stages (tta, train-split, sweep, accuracy)"
     )
     parser.add_argument("--workdir", help="where runs and exports go (default OUT/../work)")
     parser.add_argument("--sizes", choices=("auto", "cpu", "accelerator"), default="auto")

@@ -152,3 +152,38 @@ def test_the_sweep_figures_name_the_best_variant_and_each_ones_accuracy(tmp_path
     assert figures["best"] == "cutout16: 90.86%"
     assert figures["base"] == "90.18% after 50 epoch(s) (best 90.34% at 45), 61 s"
     assert list(figures) == ["best", "base", "cutout16"]
+
+
+def test_the_accuracy_stages_run_the_seeds_afresh_and_report_every_view(tmp_path):
+    from alexnet_jax import seeds
+    from alexnet_jax.config import load_config
+
+    suite = load_suite()
+    assert set(suite.ACCURACY_KEYS) == set(seeds.KEYS.values())
+    context = suite.Context(tmp_path, tmp_path / "work", "accelerator", data_dir="/data")
+    remove, command = suite.BY_NAME["accuracy-cifar10"].commands(context)
+    workdir = tmp_path / "work" / "accuracy-cifar10"
+    assert remove == ["rm", "-rf", workdir]  # a run dir left from before would resume
+    command = list(map(str, command))
+    assert command[command.index("--workdir") + 1] == str(workdir)
+    assert command[command.index("--results") + 1] == str(tmp_path / "accuracy-cifar10")
+    assert command[command.index("--config") + 1] == "experiments/cifar10.py"
+    assert "--seeds" not in command and "--config.download=false" in command  # seeds 0, 1, 2
+
+    # The figures of what seeds writes: a config with its own views (flip and shifts).
+    config = load_config(str(ROOT / "experiments" / "cifar10.py"))
+    config.eval_shift = 1
+    runs = [
+        {"seed": seed, "epochs": 50, "wall_seconds": 90.0 + seed, "test_accuracy": single,
+         "test_accuracy_flip": single + 0.002, "test_accuracy_views": single + 0.004}
+        for seed, single in [(0, 0.905), (1, 0.907), (2, 0.903)]
+    ]  # fmt: skip
+    (tmp_path / "accuracy-cifar10").mkdir()
+    summary = seeds.summarize(config, runs)
+    (tmp_path / "accuracy-cifar10" / "summary.json").write_text(json.dumps(summary))
+    figures = suite.BY_NAME["accuracy-cifar10"].figures(context, 300.0)
+    assert figures["seeds"] == "0 1 2" and figures["epochs"] == 50
+    assert figures["test_accuracy"] == "90.50% ± 0.20%"
+    assert figures["test_accuracy_flip"] == "90.70% ± 0.20%"
+    assert figures["test_accuracy_views"] == "90.90% ± 0.20%"
+    assert figures["wall_s per seed"] == 91.0
