@@ -67,6 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.crop_padding = 4  # random crop of the source image after zero-padding; 0: off
     c.flip = True  # random horizontal flips
     c.cutout = 0  # side in source pixels of a square hidden at a random place (mean colour); 0: off
+    # TrivialAugment (wide ranges): one random operation per example at a random strength
+    # (shear, translation, rotation, brightness, colour, contrast, sharpness, posterize,
+    # solarize, autocontrast, equalize or none), on the source image before the crop and flip.
+    c.trivial_augment = False
     # Random affine transform of the source image, before the crop and the resize (for MNIST),
     # filled with zeros (MNIST's black background; what the crop's padding holds). Each is drawn
     # uniformly per example: rotation in +-degrees, scale in 1 +- this, translation in +- this

@@ -11,11 +11,12 @@ the devices runs, how the batch is split over devices, or when the run was resum
                                    -> steps: fold_in(global step) -split->
                                         augment: fold_in(example's position in the global batch)
                                                  -split-> crop, flip; fold_in(2): cutout;
-                                                 fold_in(3): affine; fold_in(4): mixing
+                                                 fold_in(3): affine; fold_in(4): mixing;
+                                                 fold_in(5): TrivialAugment
                                         dropout: fold_in(device)
 
 (`split(key)` gives `fold_in(key, 0), fold_in(key, 1)` with JAX's partitionable threefry, the
-default since JAX 0.5: an example's branches are its children 0 to 4. A lever gets a branch of
+default since JAX 0.5: an example's branches are its children 0 to 5. A lever gets a branch of
 its own, so that turning it on leaves the other levers' draws as they were.) Mixing pairs an
 example with the one at the mirrored position of the global batch, a choice that needs no key
 (`mixing.py`).
@@ -69,6 +70,10 @@ def affine_key(example: jax.Array) -> jax.Array:
 
 def mixing_key(example: jax.Array) -> jax.Array:
     return jax.random.fold_in(example, 4)
+
+
+def trivial_augment_key(example: jax.Array) -> jax.Array:
+    return jax.random.fold_in(example, 5)
 
 
 def dropout_key(dropout: jax.Array, device) -> jax.Array:

@@ -20,6 +20,7 @@ from alexnet_jax.guarded_update import MomentumSGD, apply_if_finite
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import TrainPartitions, device_batch
 from alexnet_jax.state import TrainState, make_model
+from alexnet_jax.trivial_augment import trivial_augment
 
 
 def cross_entropy(logits, targets, label_smoothing: float = 0.0):
@@ -45,6 +46,7 @@ def train_step(
     label_smoothing: float,
     ema_decay: float = 0.0,
     affine: preprocess.Affine = preprocess.NO_AFFINE,
+    trivial: bool = False,
     mix: mixing.Mixing = mixing.NO_MIXING,
     apply_fn,
     axis_name: str | None,
@@ -71,6 +73,7 @@ def train_step(
     # Cutout fills with the dataset's mean colour: zero once normalised.
     fill = jnp.round(jnp.asarray(mean) * 255).astype(jnp.uint8)
     images = preprocess.random_affine(batch["image"], example_keys, affine)
+    images = trivial_augment(images, example_keys, trivial)
     images = preprocess.augment(images, example_keys, crop_padding, flip, cutout, fill)
     images, targets = mixing.mix_batch(
         images, batch["label"], example_keys, device * local, mix, num_classes, axis_name
@@ -169,6 +172,7 @@ def step_body(
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
         affine=preprocess.Affine.from_config(config),
+        trivial=config.trivial_augment,
         mix=mixing.Mixing.from_config(config),
         apply_fn=make_model(config, derived, axis_name).apply,
         axis_name=axis_name,

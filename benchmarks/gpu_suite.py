@@ -57,8 +57,8 @@ ESTIMATES = {
     "tta-cifar10": {"cpu": 60, "accelerator": 110},
     "train-split": {"cpu": 75, "accelerator": 130},  # 50 epochs: 10 took 69 s
     # From experiments/results/sweep-cifar10/ (2026-11-26, 50 epochs: the first variant 83 s,
-    # then about 60 s each): 6 variants and the data read. MNIST: the sweep file's own estimate.
-    "sweep-cifar10": {"cpu": 65, "accelerator": 420},
+    # then about 60 s each): 7 variants and the data read. MNIST: the sweep file's own estimate.
+    "sweep-cifar10": {"cpu": 65, "accelerator": 480},
     "sweep-mnist": {"cpu": 65, "accelerator": 360},
     # Not yet run on a GPU: three times what one seed took in tta (2026-11-26: CIFAR-10's 50
     # epochs 96 s with compilation, MNIST's 4 of 8 epochs 38 s), with the evaluations. On a CPU
@@ -200,7 +200,7 @@ def tta_commands(dataset: str, name: str):
 # compares the two. MNIST: every variant of its sweep file, at the file's 8 epochs.
 SWEEPS = {
     "cifar10": ["--config.num_epochs=50", "--only", "base", "cutout16", "cutout16_ema",
-                "cutout16_mixup", "mixup", "ema"],
+                "cutout16_mixup", "mixup", "ema", "cutout16_trivial"],
     "mnist": [],
 }  # fmt: skip
 CPU_SWEEP_VARIANTS = {"cifar10": ["base", "cutout16"], "mnist": ["base", "affine"]}

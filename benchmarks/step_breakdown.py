@@ -47,6 +47,7 @@ from alexnet_jax.step import (
     keeps_gradients,
     step_is_finite,
 )
+from alexnet_jax.trivial_augment import trivial_augment
 
 # name -> (what it leaves out or changes, switches of `ablated_step` and `program`)
 VARIANTS = {
@@ -135,6 +136,7 @@ def ablated_step(
     images = preprocess.random_affine(
         batch["image"], example_keys, preprocess.Affine.from_config(config)
     )
+    images = trivial_augment(images, example_keys, config.trivial_augment)
     if on("augment"):
         images = preprocess.augment(
             images, example_keys, config.crop_padding, config.flip, config.cutout, fill

@@ -54,6 +54,7 @@ LEVERS = dict(
     mixup_probability=0.5,
     cutmix_alpha=1.0,
     cutmix_probability=0.5,
+    trivial_augment=True,
 )
 
 

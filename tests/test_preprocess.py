@@ -118,6 +118,6 @@ def test_each_lever_draws_from_its_own_branch_of_an_examples_key():
     example = run_keys.example_keys(jax.random.PRNGKey(0), 5, 1)[0]
     branches = [*run_keys.crop_and_flip_keys(example)]
     branches += [run_keys.cutout_key(example), run_keys.affine_key(example)]
-    branches += [run_keys.mixing_key(example)]
+    branches += [run_keys.mixing_key(example), run_keys.trivial_augment_key(example)]
     for i, branch in enumerate(branches):
         np.testing.assert_array_equal(branch, jax.random.fold_in(example, i))
