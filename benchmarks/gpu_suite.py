@@ -60,6 +60,8 @@ ESTIMATES = {
     # then about 60 s each): 7 variants and the data read. MNIST: the sweep file's own estimate.
     "sweep-cifar10": {"cpu": 65, "accelerator": 480},
     "sweep-mnist": {"cpu": 65, "accelerator": 360},
+    # Its three variants of 120 epochs at the 1.2 s an epoch above, with their compilations.
+    "sweep-cifar10-long": {"cpu": 65, "accelerator": 510},
     # Not yet run on a GPU: three times what one seed took in tta (2026-11-26: CIFAR-10's 50
     # epochs 96 s with compilation, MNIST's 4 of 8 epochs 38 s), with the evaluations. On a CPU
     # the whole test split's evaluations (at 67x67) take most of it.
@@ -197,24 +199,30 @@ def tta_commands(dataset: str, name: str):
 
 # Issue 12's next comparison on CIFAR-10: the levers at the recipe's full 50 epochs, with cutout,
 # which led there on 2026-11-26, first after the plain recipe, so that a run cut short still
-# compares the two. MNIST: every variant of its sweep file, at the file's 8 epochs.
+# compares the two. The long sweep and MNIST's: every variant of the file, at its own length.
+# By sweep file, experiments/sweep_<name>.py.
 SWEEPS = {
     "cifar10": ["--config.num_epochs=50", "--only", "base", "cutout16", "cutout16_ema",
                 "cutout16_mixup", "mixup", "ema", "cutout16_trivial"],
+    "cifar10_long": [],
     "mnist": [],
 }  # fmt: skip
-CPU_SWEEP_VARIANTS = {"cifar10": ["base", "cutout16"], "mnist": ["base", "affine"]}
+CPU_SWEEP_VARIANTS = {
+    "cifar10": ["base", "cutout16"],
+    "cifar10_long": ["base", "cutout16_trivial"],
+    "mnist": ["base", "affine"],
+}
 
 
-def sweep_commands(dataset: str, name: str):
+def sweep_commands(sweep: str, name: str):
     def commands(ctx: Context) -> list[list[str]]:
         if ctx.cpu:  # two variants of one tiny epoch each
-            sizes = [*CPU_DATA, "--config.num_epochs=1", "--only", *CPU_SWEEP_VARIANTS[dataset]]
+            sizes = [*CPU_DATA, "--config.num_epochs=1", "--only", *CPU_SWEEP_VARIANTS[sweep]]
         else:
-            sizes = SWEEPS[dataset]
+            sizes = SWEEPS[sweep]
         return [
             ctx.python(
-                "-m", "alexnet_jax.sweep", "--config", f"experiments/sweep_{dataset}.py",
+                "-m", "alexnet_jax.sweep", "--config", f"experiments/sweep_{sweep}.py",
                 "--out", ctx.out / name, *ctx.data_flags(), *sizes,  # --only last: it takes a list
             )
         ]  # fmt: skip
@@ -541,6 +549,13 @@ STAGES = [
         sweep_commands("mnist", "sweep-mnist"),
         sweep_figures("sweep-mnist"),
         outputs=("sweep-mnist",),
+    ),
+    Stage(
+        "sweep-cifar10-long",
+        "the plain recipe, cutout, TrivialAugment at 120 epochs on the validation split",
+        sweep_commands("cifar10_long", "sweep-cifar10-long"),
+        sweep_figures("sweep-cifar10-long"),
+        outputs=("sweep-cifar10-long",),
     ),
     # The test split: the reported figures, once the recipe is tuned (issue 12).
     Stage(

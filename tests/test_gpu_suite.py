@@ -112,17 +112,18 @@ def test_the_pool_stage_runs_each_pool_backward_of_the_model():
     ]
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar10_long", "mnist"])
 def test_the_sweep_stages_run_variants_of_the_sweep_files_on_their_validation_split(dataset):
     suite = load_suite()
     sweep_file = ROOT / "experiments" / f"sweep_{dataset}.py"
+    stage = "sweep-" + dataset.replace("_", "-")
     variants = sweep.load_variants(sweep_file)
     for sizes in ("accelerator", "cpu"):
         context = suite.Context(ROOT / "out", ROOT / "work", sizes, data_dir="/data")
-        (command,) = suite.BY_NAME[f"sweep-{dataset}"].commands(context)
+        (command,) = suite.BY_NAME[stage].commands(context)
         command = list(map(str, command))
         assert command[command.index("--config") + 1] == f"experiments/sweep_{dataset}.py"
-        assert command[command.index("--out") + 1] == str(ROOT / "out" / f"sweep-{dataset}")
+        assert command[command.index("--out") + 1] == str(ROOT / "out" / stage)
         assert "--config.download=false" in command and "/data" in command
         # --only takes every argument after it: each must be a variant of the file.
         only = command[command.index("--only") + 1 :] if "--only" in command else []

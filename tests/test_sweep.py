@@ -76,7 +76,7 @@ def test_a_sweep_refuses_variants_without_a_validation_split(tmp_path):
     assert not (tmp_path / sweep.JSON).exists()  # refused before anything ran
 
 
-@pytest.mark.parametrize("name", ["sweep_cifar10.py", "sweep_mnist.py"])
+@pytest.mark.parametrize("name", ["sweep_cifar10.py", "sweep_cifar10_long.py", "sweep_mnist.py"])
 def test_the_experiments_sweeps_are_valid_and_tune_on_validation_only(name):
     path = ROOT / "experiments" / name
     base = load_config(path)
