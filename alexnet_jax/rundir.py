@@ -8,9 +8,11 @@ thread noise in a log file there; `check_settings` refuses a run of other settin
 this before the data is read. `resume` restores its newest readable checkpoint.
 """
 
+import asyncio
 import contextlib
 import datetime
 import fcntl
+import gc
 import logging
 import math
 import os
@@ -156,15 +158,37 @@ def library_log(path: Path):
             return False  # not on to the terminal's handlers
         return True
 
+    def divert_all(record: logging.LogRecord) -> bool:
+        handler.handle(record)
+        return False
+
     logger = logging.getLogger("absl")  # Orbax logs through absl's logger
     logger.addFilter(divert)
+    tasks = logging.getLogger("asyncio")  # see read_failed_writes
+    tasks.addFilter(divert_all)
     terminal, sys.stderr = sys.stderr, ThreadOutput(sys.stderr, handler)
     try:
         yield
     finally:
+        read_failed_writes(handler)
         sys.stderr = terminal
+        tasks.removeFilter(divert_all)
         logger.removeFilter(divert)
         handler.close()
+
+
+def read_failed_writes(handler: logging.Handler) -> None:
+    """Orbax writes through asyncio futures in its own threads; when several writes of a save
+    fail, only one error reaches the run (its one-line error says it), and asyncio logs each
+    other whose error nobody read ("exception was never retrieved", with a traceback) when it
+    is collected: during the run, or at exit, on the terminal. Their errors are read here, at
+    the end of the run, and go to the library log."""
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.Future) and obj.done() and not obj.cancelled():
+            error = obj.exception()  # marks it read
+            if error is not None:
+                message = f"an asynchronous write's error, read at the end of the run: {error!r}"
+                handler.handle(logging.makeLogRecord({"msg": message, "levelname": "ERROR"}))
 
 
 class ThreadOutput:

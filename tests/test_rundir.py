@@ -4,7 +4,9 @@ disk that fills during a save, and commands reading a run in progress.
 Real processes (tests/train_subprocess.py), signals and, as root, a real small filesystem.
 """
 
+import asyncio
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import artifacts, checkpoint, export, predict, report, train
+from alexnet_jax import artifacts, checkpoint, export, predict, report, rundir, train
 from alexnet_jax import eval as eval_command
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.data import synthetic_dataset
@@ -138,6 +140,25 @@ def test_a_disk_that_fills_during_a_save_ends_the_run_with_one_line_naming_that_
         restored = Checkpoints(run / "checkpoints", read_only=True)
         restored.restore(1, new_state(tiny_config()), make_mesh())
         restored.close()
+
+
+def test_write_errors_nobody_read_go_to_the_library_log_not_the_terminal(tmp_path, capfd):
+    # What a save that fails in several of Orbax's asyncio writes leaves: futures whose errors
+    # were never read, which asyncio would log with a traceback when they are collected (in
+    # that test's runs, at exit on the terminal, one run in three).
+    loop = asyncio.new_event_loop()
+    failed = [loop.create_future() for _ in range(3)]
+    for i, future in enumerate(failed):
+        future.set_exception(OSError(28, f"No space left on device (write {i})"))
+    loop.close()
+    with rundir.library_log(tmp_path / LIBRARY_LOG):
+        pass
+    text = (tmp_path / LIBRARY_LOG).read_text()
+    assert [f"write {i}" in text for i in range(3)] == [True] * 3, text
+    del failed, future
+    gc.collect()  # collected now: asyncio would log each one here had it not been read
+    captured = capfd.readouterr()
+    assert "never retrieved" not in captured.err + captured.out, captured.err
 
 
 def test_a_running_training_holds_its_directory_is_readable_and_stops_promptly(
