@@ -34,6 +34,7 @@ OPERATIONS = (
     "autocontrast",
     "equalize",
 )
+INDEX = {name: i for i, name in enumerate(OPERATIONS)}
 LEVELS = 31  # strengths 0, 1/30, ..., 1
 MAX_SHEAR = 0.99  # shear factor (tan of the angle)
 MAX_TRANSLATION = 32.0  # pixels
@@ -69,11 +70,10 @@ def apply(image: jax.Array, operation, strength, sign) -> jax.Array:
     Every operation is computed and the drawn one is picked: on a 32x32 source image that is
     far less work than the model's, and it keeps the program free of data-dependent branches."""
     image = jnp.asarray(image)
-    index = {name: i for i, name in enumerate(OPERATIONS)}
     signed = sign * strength
 
     def chosen(name, value):
-        return jnp.where(operation == index[name], value, 0.0)
+        return jnp.where(operation == INDEX[name], value, 0.0)
 
     # One warp for the rotation, the shear along x and the translations (each zero unless it
     # is the one drawn), one on the transposed image for the shear along y.

@@ -13,7 +13,7 @@ from conftest import single_steps, tiny_config
 
 apply = jax.jit(ta.apply)
 augment = jax.jit(ta.trivial_augment, static_argnums=2)
-OP = {name: i for i, name in enumerate(ta.OPERATIONS)}
+OP = ta.INDEX
 
 
 def keys(n, seed=0):
