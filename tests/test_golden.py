@@ -59,6 +59,13 @@ GOLDEN = {
         2.785106658935547,
         "47979ebc4e7562d20ecffd55dd353312edac09501e8bbcf91a1a96becdbfa92c",
     ),
+    # An AMD EPYC Zen 4 with AVX-512 (lscpu family 25 model 17; recorded 2026-12-07): the Zen 5's
+    # bits, its extensions less avx512_vp2intersect and avx_vnni.
+    "AMD EPYC [avx avx2 avx512_bf16 avx512_bitalg avx512_vbmi2 avx512_vnni avx512_vpopcntdq "
+    "avx512bw avx512cd avx512dq avx512f avx512ifma avx512vbmi avx512vl fma sse4_1 sse4_2 sse4a]": (
+        2.785106658935547,
+        "47979ebc4e7562d20ecffd55dd353312edac09501e8bbcf91a1a96becdbfa92c",
+    ),
     # An AMD EPYC Zen 3 with AVX2, no AVX-512 (lscpu family 25 model 1; recorded 2026-12-03).
     # A Zen 1 (family 23 model 1), whose name and extensions are the same, gave the same bits
     # (2026-12-04).
