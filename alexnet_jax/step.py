@@ -14,13 +14,13 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from alexnet_jax import keys, mixing, preprocess
+from alexnet_jax import keys
+from alexnet_jax.augmentation import Augmentation
 from alexnet_jax.config import Derived
 from alexnet_jax.guarded_update import MomentumSGD, apply_if_finite
 from alexnet_jax.parallel import DATA_AXIS
 from alexnet_jax.pipeline import TrainPartitions, device_batch
 from alexnet_jax.state import TrainState, make_model
-from alexnet_jax.trivial_augment import trivial_augment
 
 
 def cross_entropy(logits, targets, label_smoothing: float = 0.0):
@@ -35,19 +35,9 @@ def train_step(
     batch,
     rng,
     *,
-    image_size: int,
-    mean,
-    std,
-    dtype,
-    num_classes: int,
-    crop_padding: int,
-    flip: bool,
-    cutout: int,
+    augmentation: Augmentation,
     label_smoothing: float,
     ema_decay: float = 0.0,
-    affine: preprocess.Affine = preprocess.NO_AFFINE,
-    trivial: bool = False,
-    mix: mixing.Mixing = mixing.NO_MIXING,
     apply_fn,
     axis_name: str | None,
     sgd: MomentumSGD | None,
@@ -70,15 +60,7 @@ def train_step(
     device = jax.lax.axis_index(DATA_AXIS)
     augment_rng, dropout_rng = keys.augment_and_dropout_keys(rng)
     example_keys = keys.example_keys(augment_rng, device * local, local)
-    # Cutout fills with the dataset's mean colour: zero once normalised.
-    fill = jnp.round(jnp.asarray(mean) * 255).astype(jnp.uint8)
-    images = preprocess.random_affine(batch["image"], example_keys, affine)
-    images = trivial_augment(images, example_keys, trivial)
-    images = preprocess.augment(images, example_keys, crop_padding, flip, cutout, fill)
-    images, targets = mixing.mix_batch(
-        images, batch["label"], example_keys, device * local, mix, num_classes, axis_name
-    )
-    x = preprocess.to_model_input(images, image_size, mean, std, dtype)
+    x, targets = augmentation.apply(batch, example_keys, device * local, axis_name)
 
     def loss_fn(params):
         logits, updates = apply_fn(
@@ -161,19 +143,9 @@ def step_body(
     axis_name = device_axis(devices)
     return functools.partial(
         train_step,
-        image_size=config.image_size,
-        mean=derived.mean,
-        std=derived.std,
-        dtype=derived.dtype,
-        num_classes=derived.num_classes,
-        crop_padding=config.crop_padding,
-        flip=config.flip,
-        cutout=config.cutout,
+        augmentation=Augmentation.from_config(config, derived),
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
-        affine=preprocess.Affine.from_config(config),
-        trivial=config.trivial_augment,
-        mix=mixing.Mixing.from_config(config),
         apply_fn=make_model(config, derived, axis_name).apply,
         axis_name=axis_name,
         sgd=MomentumSGD.from_config(config, steps_per_epoch),
