@@ -90,6 +90,17 @@ def cutmix_box(lam, centre, height: int, width: int) -> jax.Array:
     return inside_rows[:, None] & inside_cols[None, :]
 
 
+# Mixup's lam rounded to steps of 2^-15: then lam * x and (1 - lam) * y for pixel values x, y in
+# 0..255, and their sum, are exact in float32 (8 + 15 bits of its 24), so the blend has the same
+# bits however XLA fuses it or contracts it into fused multiply-adds, in every program.
+BLEND_STEPS = 2**15
+
+
+def exact_blend_weight(lam):
+    """`lam` rounded to the nearest multiple of 1 / BLEND_STEPS."""
+    return jnp.round(lam * BLEND_STEPS) / BLEND_STEPS
+
+
 def mix_pairs(images, labels, partner_images, partner_labels, keys, mixing: Mixing, num_classes):
     """Mix each example with its partner: (float32 images [B, H, W, C] in 0..255, targets
     [B, classes]). `images` are uint8 [B, H, W, C], `keys` one per example."""
@@ -100,7 +111,7 @@ def mix_pairs(images, labels, partner_images, partner_labels, keys, mixing: Mixi
     cut = d["kind"] == CUTMIX
     # For CutMix, lam becomes the share of the image that stayed the example's own.
     kept = 1 - boxes.mean(axis=(1, 2), dtype=jnp.float32)
-    lam = jnp.where(cut, kept, d["lam"])
+    lam = jnp.where(cut, kept, exact_blend_weight(d["lam"]))
     blended = lam[:, None, None, None] * own + (1 - lam[:, None, None, None]) * partner
     pasted = jnp.where(boxes[..., None], partner, own)
     mixed = jnp.where(cut[:, None, None, None], pasted, blended)

@@ -73,9 +73,13 @@ def test_each_example_is_blended_pasted_or_left_as_drawn_with_targets_in_proport
             np.testing.assert_array_equal(mixed[i], own[i])
             assert kept[i] == 1
         elif d["kind"][i] == mixing.MIXUP:
-            assert kept[i] == pytest.approx(d["lam"][i], rel=1e-6)
-            blend = d["lam"][i] * own[i] + (1 - d["lam"][i]) * partner[i]
-            np.testing.assert_allclose(mixed[i], blend, rtol=1e-6, atol=1e-4)
+            # The Beta draw on the grid of mixing.exact_blend_weight, where the blend is exact:
+            # the same bits as in float64.
+            lam = float(mixing.exact_blend_weight(d["lam"][i]))
+            assert abs(lam - d["lam"][i]) <= 0.5 / mixing.BLEND_STEPS
+            assert kept[i] == lam
+            blend = lam * own[i].astype(np.float64) + (1 - lam) * partner[i]
+            np.testing.assert_array_equal(mixed[i], blend)
         else:
             pasted = mixed[i] >= 150
             np.testing.assert_array_equal(mixed[i][pasted], partner[i][pasted])

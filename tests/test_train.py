@@ -8,9 +8,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import PartitionSpec
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alexnet_jax import artifacts, rundir, step, train
+from alexnet_jax import artifacts, keys, rundir, step, train
+from alexnet_jax.augmentation import Augmentation
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.config import derive
 from alexnet_jax.data import Split, synthetic_dataset, training_data_from
@@ -18,7 +20,7 @@ from alexnet_jax.errors import UserError
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.guarded_update import MomentumSGD
 from alexnet_jax.metric_log import read_steps
-from alexnet_jax.parallel import make_mesh
+from alexnet_jax.parallel import DATA_AXIS, make_mesh
 from alexnet_jax.pipeline import TrainPartitions
 from alexnet_jax.run import NonFiniteLoss, build
 from alexnet_jax.step import TrainCalls, all_finite, step_is_finite
@@ -46,6 +48,45 @@ def test_two_devices_step_equals_one_device_step(tiny_dataset, cpu_devices):
     # The step really changed the parameters (the comparison is not between two initial states).
     initial = new_state(config).params
     assert not np.allclose(initial["conv2d"]["kernel"], one[0]["conv2d"]["kernel"])
+
+
+def step_input(augmentation, batch, devices, seed: int = 7):
+    """The model's input and the targets that the step computes from `batch` on `devices`."""
+    mesh = make_mesh(devices)
+    augment_rng, _ = keys.augment_and_dropout_keys(jax.random.key(seed))
+
+    def per_device(images, labels):
+        local = labels.shape[0]
+        first = jax.lax.axis_index(DATA_AXIS) * local
+        example_keys = keys.example_keys(augment_rng, first, local)
+        axis_name = step.device_axis(len(devices))
+        return augmentation.apply(
+            {"image": images, "label": labels}, example_keys, first, axis_name
+        )
+
+    spec = PartitionSpec(DATA_AXIS)
+    mapped = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=len(devices) > 1
+    )
+    return jax.device_get(jax.jit(mapped)(batch["image"], batch["label"]))
+
+
+def test_the_step_input_has_the_same_bits_on_one_and_two_devices(tiny_dataset, cpu_devices):
+    # Every lever, the crop, flip and cutout on. Mixup's blend in float32 rounded otherwise in
+    # the two programs on a Zen 4 (XLA contracted it into fused multiply-adds in one of them),
+    # until its weight was put on a grid that makes it exact (mixing.exact_blend_weight); the
+    # whole step's gradients then differed by more than rounding (2026-12-07).
+    config = tiny_config(crop_padding=2, flip=True, cutout=6, batch_size=16, **LEVERS)
+    augmentation = Augmentation.from_config(config, derive(config))
+    batch = {"image": tiny_dataset.train.images[:16], "label": tiny_dataset.train.labels[:16]}
+    (x_one, targets_one), (x_two, targets_two) = (
+        step_input(augmentation, batch, devices) for devices in (cpu_devices[:1], cpu_devices[:2])
+    )
+    np.testing.assert_array_equal(x_one, x_two)
+    np.testing.assert_array_equal(targets_one, targets_two)
+    assert x_one.shape == (16, 67, 67, 1) and x_one.dtype == np.float32
+    # Some examples were mixed (two classes in their targets), so the check covers the blend.
+    assert np.sum(np.count_nonzero(targets_one, axis=1) == 2) >= 4
 
 
 def test_one_device_steps_have_no_collectives_and_donation_keeps_their_bits(
