@@ -48,6 +48,8 @@ def environment() -> dict:
         "processor": cpu_model() or platform.processor() or platform.machine(),
         "platform": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # A run's compilation times depend on it (alexnet_jax.compilation_cache).
+        "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
         "command": command_line(),
     }
 

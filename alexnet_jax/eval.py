@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from alexnet_jax import checkpoint
+from alexnet_jax import checkpoint, compilation_cache
 from alexnet_jax.config import validate
 from alexnet_jax.data import load_test_split
 from alexnet_jax.errors import cli
@@ -38,6 +38,7 @@ def main(argv=None):
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    compilation_cache.enable()
 
     mesh = make_mesh()
     trained = checkpoint.load_trained(args.ckpt, args.best, mesh)

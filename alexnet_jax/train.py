@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import artifacts, environment, rundir
+from alexnet_jax import artifacts, compilation_cache, environment, rundir
 from alexnet_jax.checkpoint import (
     CHECKPOINTS,
     Checkpoints,
@@ -271,6 +271,7 @@ def main(argv=None, dataset: Dataset | None = None):
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
     validate(config)  # before waiting for other processes
+    compilation_cache.enable()
     initialize(
         args.coordinator,
         args.num_processes,

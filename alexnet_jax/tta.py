@@ -4,9 +4,11 @@ Trains from scratch with an experiment's config, evaluating the test split after
 until the test accuracy reaches the target (default: CIFAR-10 0.90, MNIST 0.995) or the
 config's epochs run out. Prints the wall-clock seconds split into data loading (reading the
 dataset and placing it and the fresh state on the devices), compilation (ahead of time, of the
-training and evaluation programs) and training (the epochs, their evaluations included), and
-writes them as JSON. Nothing is saved: no checkpoints, plots or run directory. The learning
-rate schedule is the config's, over its `num_epochs` (`--config.num_epochs=N` shortens it).
+training and evaluation programs) and training (the epochs, their evaluations included), with
+how many programs came from the persistent compilation cache (a machine's later runs of a config
+load what its first one compiled; `JAX_COMPILATION_CACHE_DIR=` turns the cache off), and writes
+them as JSON. Nothing is saved: no checkpoints, plots or run directory. The learning rate
+schedule is the config's, over its `num_epochs` (`--config.num_epochs=N` shortens it).
 Exit status 0 when the target was reached, 1 when it was not.
 """
 
@@ -15,7 +17,7 @@ import time
 
 import ml_collections
 
-from alexnet_jax import bench
+from alexnet_jax import bench, compilation_cache
 from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.data import Dataset
 from alexnet_jax.errors import UserError, cli
@@ -39,13 +41,14 @@ def time_to_accuracy(
     """
     start = time.perf_counter() if start is None else start
 
-    began = time.perf_counter()
-    run, state = build_placed(config, dataset, devices)
-    data_seconds = time.perf_counter() - began
+    with compilation_cache.CacheUse() as cache:
+        began = time.perf_counter()
+        run, state = build_placed(config, dataset, devices)
+        data_seconds = time.perf_counter() - began
 
-    began = time.perf_counter()
-    run.compile_ahead(state)
-    compile_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        run.compile_ahead(state)
+        compile_seconds = time.perf_counter() - began
 
     history, reached = [], False
     with StopRequests() as stop:
@@ -76,12 +79,25 @@ def time_to_accuracy(
         "wall_seconds": time.perf_counter() - start,
         "data_seconds": data_seconds,
         "compile_seconds": compile_seconds,
+        # Whether compile_seconds compiled or read executables kept by an earlier run.
+        "compilation_cache": cache.summary(),
         "training_seconds": training_seconds,
         "images_per_epoch": run.partitions.images_per_epoch,
         "devices": run.mesh.devices.size,
         "history": history,
         "config": config.to_dict(),
     }
+
+
+def cache_note(result: dict) -> str:
+    """What the compilation cache did, for the closing line."""
+    cache = result["compilation_cache"]
+    if not cache["folder"]:
+        return " (no compilation cache)"
+    return (
+        f" ({cache['programs_loaded']} program(s) loaded from the compilation cache, "
+        f"{cache['programs_compiled']} compiled)"
+    )
 
 
 @cli
@@ -94,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--out", help="write the result as JSON to this file")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
+    compilation_cache.enable()
     target = TARGETS.get(config.dataset) if args.target is None else args.target
     if not 0 < target <= 1:
         raise UserError(f"--target {target} must be a test accuracy in (0, 1]")
@@ -106,7 +123,7 @@ def main(argv=None):
         f"{result['test_accuracy']:.2%}) after {result['epochs']} epoch(s) in "
         f"{result['wall_seconds']:.1f} s wall: data {result['data_seconds']:.1f} s, compile "
         f"{result['compile_seconds']:.1f} s, training {result['training_seconds']:.1f} s "
-        f"on {result['devices']} x {document['device_kind']}"
+        f"on {result['devices']} x {document['device_kind']}{cache_note(result)}"
     )
     if args.out:
         bench.write_json(document, args.out)

@@ -12,9 +12,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # One persistent compilation cache for the tests and the processes they start: many tests
 # compile the same small programs (the tiny config's steps, evaluation, export), and XLA's
 # compilation is most of their time on a CPU. A cached executable is the one XLA compiled, so
-# results keep their bits. ALEXNET_JAX_TEST_CACHE=off runs without it.
+# results keep their bits. ALEXNET_JAX_TEST_CACHE=off runs without it (and keeps the commands
+# from turning on their own, alexnet_jax.compilation_cache).
 _CACHE = os.environ.get("ALEXNET_JAX_TEST_CACHE", "")
-if _CACHE != "off":
+if _CACHE == "off":
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
+else:
     os.environ.setdefault(
         "JAX_COMPILATION_CACHE_DIR",
         _CACHE or os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax-test-cache"),

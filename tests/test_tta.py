@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -22,6 +23,17 @@ def test_training_stops_at_the_first_epoch_that_reaches_the_target(cpu_devices):
     assert all(p > 0 for p in parts)
     assert result["training_seconds"] == pytest.approx(row["train_seconds"] + row["eval_seconds"])
     assert sum(parts) <= result["wall_seconds"] == pytest.approx(row["wall_seconds"], abs=0.1)
+    # The tests' persistent cache (conftest.py) gave or took the training program (of 2 steps)
+    # and the evaluator, at least: each counted as loaded or compiled.
+    cache = result["compilation_cache"]
+    assert cache["folder"] == (jax.config.jax_compilation_cache_dir or None)
+    used = cache["programs_loaded"] + cache["programs_compiled"]
+    assert used >= 2 if cache["folder"] else used == 0
+    used = {"folder": "f", "programs_loaded": 1, "programs_compiled": 2}
+    assert tta.cache_note({"compilation_cache": used}) == (
+        " (1 program(s) loaded from the compilation cache, 2 compiled)"
+    )
+    assert tta.cache_note({"compilation_cache": {"folder": None}}) == " (no compilation cache)"
 
 
 def test_a_target_that_is_not_an_accuracy_is_refused(capsys):

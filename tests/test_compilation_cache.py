@@ -1,0 +1,85 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import compilation_cache
+from alexnet_jax.compilation_cache import VARIABLE, CacheUse, enable
+
+
+@pytest.fixture
+def cache_dir_restored():
+    """The process's compilation cache folder, put back after the test."""
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_commands_keep_compiled_programs_in_a_folder_per_cpu_model_under_the_users_cache(
+    tmp_path, monkeypatch, cache_dir_restored
+):
+    monkeypatch.delenv(VARIABLE, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = enable()
+    assert re.fullmatch(re.escape(str(tmp_path / "alexnet_jax" / "xla")) + r"/[0-9a-f]{16}", folder)
+    assert jax.config.jax_compilation_cache_dir == folder
+    # Another CPU model gets another folder.
+    monkeypatch.setattr(compilation_cache, "cpu_model", lambda: "another CPU [avx2]")
+    assert compilation_cache.default_folder() != compilation_cache.Path(folder)
+
+
+def test_jax_s_own_variable_names_another_folder_or_turns_the_cache_off(
+    tmp_path, monkeypatch, cache_dir_restored
+):
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "unused"))
+    monkeypatch.setenv(VARIABLE, str(tmp_path / "mine"))
+    assert enable() == str(tmp_path / "mine")  # JAX reads the variable itself
+    monkeypatch.setenv(VARIABLE, "")
+    assert enable() is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert not (tmp_path / "unused").exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off(
+    tmp_path, monkeypatch, cache_dir_restored
+):
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.delenv(VARIABLE, raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert enable() is None
+    assert jax.config.jax_compilation_cache_dir is None
+
+
+def test_a_program_loaded_from_the_cache_is_counted_and_computes_the_same_bits():
+    # The tests' processes run with the tests' persistent cache (conftest.py), consulted for
+    # every program. A constant drawn at random makes a program no earlier run compiled.
+    if not jax.config.jax_compilation_cache_dir:
+        pytest.skip("the tests run without a compilation cache (ALEXNET_JAX_TEST_CACHE=off)")
+    salt = float(np.random.default_rng().integers(1, 2**30))
+    x = jnp.linspace(0, 1, 4096, dtype=jnp.float32).reshape(64, 64)
+
+    def program(x):
+        return jnp.tanh(x @ x.T * salt) @ x
+
+    with CacheUse() as first:
+        compiled = jax.jit(program)(x)
+    jax.clear_caches()  # what a new process starts with: nothing compiled in memory
+    with CacheUse() as second:
+        loaded = jax.jit(program)(x)
+    assert (first.hits, first.misses) == (0, 1)
+    assert (second.hits, second.misses) == (1, 0)
+    np.testing.assert_array_equal(compiled, loaded)
+    assert second.summary() == {
+        "folder": jax.config.jax_compilation_cache_dir,
+        "programs_loaded": 1,
+        "programs_compiled": 0,
+    }
+    # Outside its `with`, a CacheUse counts nothing more.
+    jax.clear_caches()
+    jax.jit(program)(x)
+    assert (second.hits, second.misses) == (1, 0)
