@@ -188,3 +188,44 @@ def test_the_accuracy_stages_run_the_seeds_afresh_and_report_every_view(tmp_path
     assert figures["test_accuracy_flip"] == "90.70% ± 0.20%"
     assert figures["test_accuracy_views"] == "90.90% ± 0.20%"
     assert figures["wall_s per seed"] == 91.0
+
+
+def test_the_suite_runs_without_a_compilation_cache_but_where_a_stage_names_one(tmp_path):
+    suite = load_suite()
+    log = tmp_path / "log"
+    with log.open("w") as out:  # the tests' own cache is in this process's environment
+        command = ["sh", "-c", f'echo "[${suite.CACHE_VARIABLE}]"']
+        assert suite.run_command(command, out, 10) == 0
+        assert suite.run_command(["env", f"{suite.CACHE_VARIABLE}=/c", *command], out, 10) == 0
+    assert log.read_text().split() == ["[]", "[/c]"]
+
+
+def test_the_warm_stage_runs_mnist_twice_on_one_fresh_cache_and_the_second_loads_it(
+    tmp_path, shared_tfds
+):
+    # At CPU sizes, for real: two processes, the second loading what the first compiled.
+    out, work = tmp_path / "out", tmp_path / "work"
+    subprocess.run(
+        [
+            sys.executable, SUITE, "--out", out, "--workdir", work, "--sizes", "cpu",
+            "--stages", "tta-mnist-warm", "--data-dir", shared_tfds, "--budget", "400",
+        ],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    (stage,) = json.loads((out / "summary.json").read_text())["stages"]
+    assert stage["status"] == "ok", stage
+    figures = stage["figures"]
+    cold, warm = (
+        json.loads((out / f"tta-mnist-{run}.json").read_text()) for run in ("cold", "warm")
+    )
+    cache = str(work / "tta-mnist-warm-cache")
+    assert cold["compilation_cache"]["folder"] == warm["compilation_cache"]["folder"] == cache
+    assert cold["compilation_cache"]["programs_loaded"] == 0
+    assert cold["compilation_cache"]["programs_compiled"] >= 1
+    assert figures["warm programs loaded"] == cold["compilation_cache"]["programs_compiled"]
+    assert figures["warm programs compiled"] == 0
+    # The executables loaded compute what the compiled ones did.
+    assert [row["train_loss"] for row in warm["history"]] == [
+        row["train_loss"] for row in cold["history"]
+    ]
+    assert figures["warm wall_s"] == round(warm["wall_seconds"], 1)
