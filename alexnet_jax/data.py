@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
-from alexnet_jax import prepare
+from alexnet_jax import data_cache, prepare
 from alexnet_jax.distributed import is_primary
 from alexnet_jax.errors import UserError, first_line
 
@@ -195,11 +195,25 @@ def _prepared_builder(name: str, data_dir: str, download: bool, processes: int =
 
 def _read_split(builder, split: str, data_dir: str, start: int = 0, stop: int | None = None):
     """Examples [start, stop) of `split` in TFDS's file order, put back in their original order
-    within the slice when the dataset has ids (TFDS shuffles CIFAR-10 when preparing)."""
+    within the slice when the dataset has ids (TFDS shuffles CIFAR-10 when preparing); decoded
+    once per machine and dataset's bytes, then read from `data_cache`."""
+    stop = builder.info.splits[split].num_examples if stop is None else stop
+    records = Path(str(builder.data_path)).glob(f"{builder.name}-{split}.array_record-*")
+    name = f"{builder.name}-{builder.version}"
+    kept_at = data_cache.entry(list(records), name, split, start, stop)
+    kept = data_cache.load(kept_at, stop - start)
+    if kept is not None:
+        return Split(*kept)
+    decoded = _decode_split(builder, split, data_dir, start, stop)
+    data_cache.save(kept_at, decoded.images, decoded.labels)
+    return decoded
+
+
+def _decode_split(builder, split: str, data_dir: str, start: int, stop: int) -> Split:
+    """`_read_split` from the record files, decoding each PNG."""
     versioned = f"{builder.name}:{builder.version}"
     files = f"{builder.data_path}/{builder.name}-{split}.array_record-*"
     total = builder.info.splits[split].num_examples
-    stop = total if stop is None else stop
     selection = split if (start, stop) == (0, total) else f"{split}[{start}:{stop}]"
     try:
         source = tfds.data_source(versioned, split=selection, data_dir=data_dir, download=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 
 import alexnet_jax
+from alexnet_jax import data_cache
 
 ENVIRONMENT = "environment.json"
 # The distributions whose versions decide what a run computes and how it reads and saves.
@@ -32,6 +33,7 @@ def environment() -> dict:
     """This process's environment: date, versions, devices (of all processes), command, commit."""
     devices = jax.devices()
     commit, dirty = git_commit()
+    decoded = data_cache.folder()
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "alexnet_jax": alexnet_jax.__version__,
@@ -50,6 +52,7 @@ def environment() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # A run's compilation times depend on it (alexnet_jax.compilation_cache).
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
+        "data_cache_dir": None if decoded is None else str(decoded),
         "command": command_line(),
     }
 

@@ -25,6 +25,10 @@ else:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# The tests read the datasets from their record files, decoding every PNG, unless one asks for
+# the decoded-split cache (alexnet_jax.data_cache; tests/test_data_cache.py).
+os.environ["ALEXNET_JAX_DATA_CACHE"] = ""
+
 import signal  # noqa: E402
 import threading  # noqa: E402
 import warnings  # noqa: E402

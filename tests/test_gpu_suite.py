@@ -193,11 +193,15 @@ def test_the_accuracy_stages_run_the_seeds_afresh_and_report_every_view(tmp_path
 def test_the_suite_runs_without_a_compilation_cache_but_where_a_stage_names_one(tmp_path):
     suite = load_suite()
     log = tmp_path / "log"
-    with log.open("w") as out:  # the tests' own cache is in this process's environment
-        command = ["sh", "-c", f'echo "[${suite.CACHE_VARIABLE}]"']
+    variables = (suite.CACHE_VARIABLE, suite.DATA_CACHE_VARIABLE)
+    with log.open("w") as out, pytest.MonkeyPatch.context() as patch:
+        for variable in variables:  # as a caller's environment may have them
+            patch.setenv(variable, "/mine")
+        command = ["sh", "-c", " ".join(f'echo "[${v}]";' for v in variables)]
         assert suite.run_command(command, out, 10) == 0
-        assert suite.run_command(["env", f"{suite.CACHE_VARIABLE}=/c", *command], out, 10) == 0
-    assert log.read_text().split() == ["[]", "[/c]"]
+        named = ["env", *(f"{v}=/c" for v in variables), *command]
+        assert suite.run_command(named, out, 10) == 0
+    assert log.read_text().split() == ["[]", "[]", "[/c]", "[/c]"]
 
 
 def test_the_warm_stage_runs_mnist_twice_on_one_fresh_cache_and_the_second_loads_it(
@@ -218,8 +222,10 @@ def test_the_warm_stage_runs_mnist_twice_on_one_fresh_cache_and_the_second_loads
     cold, warm = (
         json.loads((out / f"tta-mnist-{run}.json").read_text()) for run in ("cold", "warm")
     )
-    cache = str(work / "tta-mnist-warm-cache")
+    cache = str(work / "tta-mnist-warm-cache" / "xla")
     assert cold["compilation_cache"]["folder"] == warm["compilation_cache"]["folder"] == cache
+    # The first run decoded MNIST's training and validation ranges into the data cache.
+    assert len(list((work / "tta-mnist-warm-cache" / "data").glob("mnist-3.0.1-train-*.npz"))) == 2
     assert cold["compilation_cache"]["programs_loaded"] == 0
     assert cold["compilation_cache"]["programs_compiled"] >= 1
     assert figures["warm programs loaded"] == cold["compilation_cache"]["programs_compiled"]
