@@ -29,6 +29,7 @@ else:
 # the decoded-split cache (alexnet_jax.data_cache; tests/test_data_cache.py).
 os.environ["ALEXNET_JAX_DATA_CACHE"] = ""
 
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
 import warnings  # noqa: E402
@@ -136,6 +137,15 @@ def shared_tfds() -> Path:
     if not (SHARED_TFDS / "mnist").is_dir():
         pytest.skip(f"no prepared datasets at {SHARED_TFDS}")
     return SHARED_TFDS
+
+
+@pytest.fixture
+def mnist_copy(shared_tfds, tmp_path) -> Path:
+    """A TFDS data dir holding a writable copy of the prepared MNIST (`<dir>/mnist/3.0.1`)."""
+    shutil.copytree(shared_tfds / "mnist", tmp_path / "tfds" / "mnist")
+    for path in (tmp_path / "tfds").rglob("*"):
+        path.chmod(0o644 if path.is_file() else 0o755)
+    return tmp_path / "tfds"
 
 
 @pytest.fixture(scope="session")

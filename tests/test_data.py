@@ -1,5 +1,4 @@
 import hashlib
-import shutil
 
 import numpy as np
 import pytest
@@ -75,14 +74,6 @@ def test_missing_data_without_tensorflow_says_how_to_prepare(tmp_path, monkeypat
     monkeypatch.setattr(prepare, "tensorflow_installed", lambda: False)
     with pytest.raises(UserError, match=r"needs TensorFlow .*`python -m alexnet_jax.prepare mnist"):
         load_dataset("mnist", str(tmp_path), download=True)
-
-
-@pytest.fixture
-def mnist_copy(shared_tfds, tmp_path):
-    shutil.copytree(shared_tfds / "mnist", tmp_path / "mnist")
-    for path in (tmp_path / "mnist").rglob("*"):
-        path.chmod(0o644 if path.is_file() else 0o755)
-    return tmp_path
 
 
 def test_truncated_record_file(mnist_copy):

@@ -1,20 +1,10 @@
 """The decoded-split cache (alexnet_jax.data_cache) on the real MNIST test split."""
 
-import shutil
-
 import numpy as np
 import pytest
 
 from alexnet_jax import data, data_cache
 from alexnet_jax.data_cache import VARIABLE
-
-
-@pytest.fixture
-def mnist_copy(shared_tfds, tmp_path):
-    shutil.copytree(shared_tfds / "mnist", tmp_path / "tfds" / "mnist")
-    for path in (tmp_path / "tfds").rglob("*"):
-        path.chmod(0o644 if path.is_file() else 0o755)
-    return tmp_path / "tfds"
 
 
 @pytest.fixture

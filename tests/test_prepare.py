@@ -67,60 +67,51 @@ def test_several_processes_never_prepare_the_same_dataset_at_once():
         decide("missing", has_tensorflow=True, processes=2)
 
 
-@pytest.fixture
-def mnist_dir(shared_tfds, tmp_path):
-    """A writable copy of the prepared MNIST, as `<tmp>/data/mnist/3.0.1`."""
-    shutil.copytree(shared_tfds / "mnist", tmp_path / "data" / "mnist")
-    for path in (tmp_path / "data").rglob("*"):
-        path.chmod(0o644 if path.is_file() else 0o755)
-    return tmp_path / "data"
-
-
 def records(data_dir, split):
     return next((data_dir / "mnist" / "3.0.1").glob(f"mnist-{split}.array_record*"))
 
 
-def test_a_complete_copy_is_found_prepared(mnist_dir):
-    assert prepare.find(*MNIST, str(mnist_dir)).state == "prepared"
+def test_a_complete_copy_is_found_prepared(mnist_copy):
+    assert prepare.find(*MNIST, str(mnist_copy)).state == "prepared"
 
 
 @pytest.mark.parametrize("keep", [4096, 1 / 3, 0.99])
-def test_a_truncated_record_file_makes_it_incomplete(mnist_dir, keep):
-    path = records(mnist_dir, "train")
+def test_a_truncated_record_file_makes_it_incomplete(mnist_copy, keep):
+    path = records(mnist_copy, "train")
     with open(path, "r+b") as f:
         f.truncate(keep if isinstance(keep, int) else int(path.stat().st_size * keep))
-    result = prepare.find(*MNIST, str(mnist_dir))
+    result = prepare.find(*MNIST, str(mnist_copy))
     assert result.state == "incomplete"
     assert re.fullmatch(
         rf"{re.escape(path.name)} (is unreadable \(.+\)|holds 0 of 60000 records)", result.problem
     )
 
 
-def test_a_missing_record_file_makes_it_incomplete(mnist_dir):
-    path = records(mnist_dir, "test")
+def test_a_missing_record_file_makes_it_incomplete(mnist_copy):
+    path = records(mnist_copy, "test")
     path.unlink()
-    result = prepare.find(*MNIST, str(mnist_dir))
+    result = prepare.find(*MNIST, str(mnist_copy))
     assert (result.state, result.problem) == ("incomplete", f"{path.name} is missing")
 
 
-def test_a_copy_that_stopped_before_the_metadata_is_incomplete(mnist_dir):
-    (mnist_dir / "mnist" / "3.0.1" / "dataset_info.json").unlink()
-    result = prepare.find(*MNIST, str(mnist_dir))
+def test_a_copy_that_stopped_before_the_metadata_is_incomplete(mnist_copy):
+    (mnist_copy / "mnist" / "3.0.1" / "dataset_info.json").unlink()
+    result = prepare.find(*MNIST, str(mnist_copy))
     assert result.state == "incomplete"
     assert result.problem == "it has no dataset_info.json"
     with pytest.raises(UserError, match="is incomplete"):
-        prepare.ensure_prepared(*MNIST, str(mnist_dir))
+        prepare.ensure_prepared(*MNIST, str(mnist_copy))
 
 
-def test_an_unfinished_tfds_preparation_counts_as_missing_and_is_named(mnist_dir):
+def test_an_unfinished_tfds_preparation_counts_as_missing_and_is_named(mnist_copy):
     # TFDS prepares into `incomplete.XXXXXX_<version>` and renames it last; a killed
     # preparation leaves that folder, half written, and no version folder.
-    version = mnist_dir / "mnist" / "3.0.1"
-    leftover = mnist_dir / "mnist" / "incomplete.Q7ZP2K_3.0.1"
+    version = mnist_copy / "mnist" / "3.0.1"
+    leftover = mnist_copy / "mnist" / "incomplete.Q7ZP2K_3.0.1"
     leftover.mkdir()
-    shutil.copyfile(records(mnist_dir, "train"), leftover / records(mnist_dir, "train").name)
+    shutil.copyfile(records(mnist_copy, "train"), leftover / records(mnist_copy, "train").name)
     shutil.rmtree(version)
-    result = prepare.find(*MNIST, str(mnist_dir))
+    result = prepare.find(*MNIST, str(mnist_copy))
     assert result.state == "missing"
     assert result.leftovers == (str(leftover),)
 
@@ -149,11 +140,11 @@ def test_copy_from_a_prepared_data_dir(shared_tfds, tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_an_incomplete_source_is_not_copied(mnist_dir, tmp_path):
-    records(mnist_dir, "test").unlink()
+def test_an_incomplete_source_is_not_copied(mnist_copy, tmp_path):
+    records(mnist_copy, "test").unlink()
     target = tmp_path / "target"
     with pytest.raises(UserError, match=r"cannot copy mnist:3.0.1 from .*: it is incomplete"):
-        prepare.ensure_prepared(*MNIST, str(target), copy_from=str(mnist_dir))
+        prepare.ensure_prepared(*MNIST, str(target), copy_from=str(mnist_copy))
     assert not (target / "mnist" / "3.0.1").exists()
 
 
