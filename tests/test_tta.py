@@ -4,6 +4,8 @@ import pytest
 
 from alexnet_jax import tta
 from alexnet_jax.data import synthetic_dataset
+from alexnet_jax.interrupt import StopRequests
+from alexnet_jax.run import build_placed, run_epoch
 
 from conftest import tiny_config
 
@@ -41,3 +43,30 @@ def test_a_target_that_is_not_an_accuracy_is_refused(capsys):
         tta.main(["--config", "experiments/quick.py", "--target", "90"])
     assert exit_info.value.code == 2
     assert "--target 90.0 must be a test accuracy in (0, 1]" in capsys.readouterr().err
+
+
+# JAX's event for each program it compiles or loads from the persistent cache (jax._src.dispatch).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def test_after_compiling_ahead_the_first_epoch_and_its_evaluation_compile_nothing(cpu_devices):
+    # 4 steps in calls of 3: two training programs (3 steps, then 1) and the evaluator.
+    config = tiny_config(num_epochs=1, steps_per_dispatch=3)
+    run, state = build_placed(config, synthetic_dataset("mnist", 64, 32), cpu_devices[:2])
+    compiled = {"ahead": [], "epoch": []}
+    phase = "ahead"
+
+    def listener(event, seconds, fun_name="", **_):
+        if event == BACKEND_COMPILE_EVENT:
+            compiled[phase].append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run.compile_ahead(state)
+        phase = "epoch"
+        _, row, _ = run_epoch(run, state, 0, StopRequests())
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled["ahead"].count("jit(per_device)") == 3
+    assert compiled["epoch"] == []  # the epoch and its evaluation ran what was compiled ahead
+    assert np.isfinite(row["test_loss"])
