@@ -164,8 +164,11 @@ def test_the_accuracy_stages_run_the_seeds_afresh_and_report_every_view(tmp_path
     context = suite.Context(tmp_path, tmp_path / "work", "accelerator", data_dir="/data")
     remove, command = suite.BY_NAME["accuracy-cifar10"].commands(context)
     workdir = tmp_path / "work" / "accuracy-cifar10"
-    assert remove == ["rm", "-rf", workdir]  # a run dir left from before would resume
+    cache = tmp_path / "work" / "accuracy-cifar10-xla"
+    # A run dir left from before would resume; the stage's compilation cache starts empty.
+    assert remove == ["rm", "-rf", workdir, cache]
     command = list(map(str, command))
+    assert command[:2] == ["env", f"{suite.CACHE_VARIABLE}={cache}"]
     assert command[command.index("--workdir") + 1] == str(workdir)
     assert command[command.index("--results") + 1] == str(tmp_path / "accuracy-cifar10")
     assert command[command.index("--config") + 1] == "experiments/cifar10.py"
