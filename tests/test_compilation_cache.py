@@ -1,4 +1,7 @@
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +86,28 @@ def test_a_program_loaded_from_the_cache_is_counted_and_computes_the_same_bits()
     jax.clear_caches()
     jax.jit(program)(x)
     assert (second.hits, second.misses) == (1, 0)
+
+
+def test_a_cut_short_cache_entry_warns_and_the_program_is_compiled_again(tmp_path):
+    # JAX writes each entry in place, so a process killed while writing one leaves it cut short
+    # (README: What a run leaves behind): later runs warn and compile around it, same results.
+    env = dict(
+        os.environ, **{VARIABLE: str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    )
+    program = "jax.jit(lambda x: jnp.sin(x) @ x.T + 3.25)(jnp.ones((64, 64)))"
+    script = f"import jax, jax.numpy as jnp; print(float({program}[0, 0]).hex())"
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+
+    first = run()
+    entries = list(tmp_path.glob("*-cache"))
+    assert entries
+    for entry in entries:
+        with entry.open("r+b") as f:
+            f.truncate(entry.stat().st_size // 2)
+    second = run()
+    assert second.stdout == first.stdout
+    assert "Error reading persistent compilation cache entry" in second.stderr
