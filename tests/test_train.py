@@ -73,9 +73,9 @@ def step_input(augmentation, batch, devices, seed: int = 7):
 
 def test_the_step_input_has_the_same_bits_on_one_and_two_devices(tiny_dataset, cpu_devices):
     # Every lever, the crop, flip and cutout on. Mixup's blend in float32 rounded otherwise in
-    # the two programs on a Zen 4 (XLA contracted it into fused multiply-adds in one of them),
-    # until its weight was put on a grid that makes it exact (mixing.exact_blend_weight); the
-    # whole step's gradients then differed by more than rounding (2026-12-07).
+    # the two programs on a Zen 4 (most likely a fused multiply-add in one of them and not in
+    # the other), and the whole step's gradients then differed by more than rounding, until its
+    # weight was put on a grid that makes it exact (mixing.exact_blend_weight; 2026-12-07).
     config = tiny_config(crop_padding=2, flip=True, cutout=6, batch_size=16, **LEVERS)
     augmentation = Augmentation.from_config(config, derive(config))
     batch = {"image": tiny_dataset.train.images[:16], "label": tiny_dataset.train.labels[:16]}
