@@ -64,9 +64,9 @@ def load(path: Path | None, count: int) -> tuple[np.ndarray, np.ndarray] | None:
             images, labels, crc = kept["images"], kept["labels"], int(kept["crc32"])
     except Exception:  # cut short or damaged: NumPy and zipfile raise various types
         return None
-    if images.dtype != np.uint8 or labels.dtype != np.int32 or len(images) != count:
+    if images.dtype != np.uint8 or labels.dtype != np.int32:
         return None
-    if len(labels) != count or checksum(images, labels) != crc:
+    if len(images) != count or len(labels) != count or checksum(images, labels) != crc:
         return None
     return images, labels
 

@@ -55,7 +55,7 @@ ESTIMATES = {
     "peers-f32": {"cpu": 65, "accelerator": 55},
     "tta-mnist": {"cpu": 55, "accelerator": 45},
     "tta-cifar10": {"cpu": 60, "accelerator": 110},
-    # Not yet run on a GPU: tta-mnist's run, then the same with its programs from the cache.
+    # Not yet run on a GPU: tta-mnist's run, then the same with its programs and data cached.
     "tta-mnist-warm": {"cpu": 110, "accelerator": 75},
     "train-split": {"cpu": 75, "accelerator": 130},  # 50 epochs: 10 took 69 s
     # From experiments/results/sweep-cifar10/ (2026-11-26, 50 epochs: the first variant 83 s,
@@ -565,7 +565,7 @@ STAGES = [
     ),
     Stage(
         "tta-mnist-warm",
-        "time to 99.5% on MNIST on a warm compilation cache (a machine's second run)",
+        "time to 99.5% on MNIST on warm caches of programs and data (a machine's second run)",
         tta_warm_commands,
         tta_warm_figures,
         (0, 1),
