@@ -51,6 +51,9 @@ ESTIMATES = {
     "profile": {"cpu": 80, "accelerator": 40},
     "bench-baselines": {"cpu": 70, "accelerator": 180},
     "bench-pool": {"cpu": 210, "accelerator": 270},  # two took 179 s; a third since
+    # Not yet run on a GPU: bench's s2d-bf16-k1 at batch 512 alone (about 35 s on 2026-11-26,
+    # 22.5 s of it compiling), with the compilation's share that autotuning was left out.
+    "bench-autotune": {"cpu": 70, "accelerator": 50},
     "peers-bf16": {"cpu": 100, "accelerator": 60},
     "peers-f32": {"cpu": 65, "accelerator": 55},
     "tta-mnist": {"cpu": 55, "accelerator": 45},
@@ -158,6 +161,29 @@ def pool_figures(ctx: Context, seconds: float) -> dict:
         for backward in POOL_BACKWARDS
         for key, value in bench_figures(f"bench-pool-{backward}")(ctx, seconds).items()
     }
+
+
+# XLA's autotuning on a GPU times candidate algorithms of each convolution and matrix product
+# while compiling; level 0 leaves the choice to cuDNN's and XLA's heuristics. On 2026-11-26 the
+# H100 compiled the training step for 22.5 s (batch 512) and longer for larger batches, which
+# points at the timing runs: this stage measures how much of the compilation they are, and what
+# the algorithms they pick gain, against `bench`'s s2d-bf16-k1 at batch 512 (default level).
+# On a CPU the flag changes nothing.
+AUTOTUNE_OFF = "--xla_gpu_autotune_level=0"
+
+
+def autotune_commands(ctx: Context) -> list[list[str]]:
+    """bench's s2d-bf16-k1 at batch 512 with XLA's autotuning off (kept: the caller's flags)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {AUTOTUNE_OFF}".strip()
+    (command,) = bench_commands("s2d-bf16-k1", "512", "bench-autotune")(ctx)
+    return [["env", f"XLA_FLAGS={flags}", *command]]
+
+
+def autotune_figures(ctx: Context, seconds: float) -> dict:
+    flags = read_json(ctx.out / "bench-autotune.json")["xla_flags"]
+    if AUTOTUNE_OFF not in flags:
+        raise RuntimeError(f"the bench ran with XLA_FLAGS {flags!r}, without {AUTOTUNE_OFF}")
+    return {"xla_flags": flags, **bench_figures("bench-autotune")(ctx, seconds)}
 
 
 def profile_commands(ctx: Context) -> list[list[str]]:
@@ -535,6 +561,12 @@ STAGES = [
         pool_commands,
         pool_figures,
         outputs=tuple(f"bench-pool-{backward}.json" for backward in POOL_BACKWARDS),
+    ),
+    Stage(
+        "bench-autotune",
+        "s2d-bf16-k1, batch 512, with XLA's autotuning off: compilation and speed against bench",
+        autotune_commands,
+        autotune_figures,
     ),
     Stage(
         "peers-bf16",

@@ -112,6 +112,40 @@ def test_the_pool_stage_runs_each_pool_backward_of_the_model():
     ]
 
 
+def test_the_autotune_stage_benches_the_fast_step_with_autotuning_off_and_the_callers_flags(
+    tmp_path, monkeypatch
+):
+    suite = load_suite()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    context = suite.Context(tmp_path, tmp_path / "work", sizes="accelerator", data_dir=None)
+    ((env, flags, *command),) = suite.BY_NAME["bench-autotune"].commands(context)
+    assert env == "env"
+    assert flags == "XLA_FLAGS=--xla_force_host_platform_device_count=2 " + suite.AUTOTUNE_OFF
+    (bench,) = suite.BY_NAME["bench"].commands(context)
+    # bench's first configuration and batch, so that the two compare in one call.
+    assert command[command.index("--configs") + 1] == "s2d-bf16-k1"
+    assert command[command.index("--batch-size") + 1] == "512"
+    assert command[:4] == bench[:4] and command[-1] == str(tmp_path / "bench-autotune.json")
+
+    # Its figures come from a bench that ran with the flag, and say so.
+    row = {
+        "name": "s2d-bf16-k1",
+        "batch_size": 512,
+        "train": {"images_per_second": 5.0, "compile_seconds": 2.0},
+        "eval": {"images_per_second": 9.0},
+        "memory": {"peak_bytes_in_use": None},
+    }
+    for xla_flags in ["", suite.AUTOTUNE_OFF]:
+        document = {"xla_flags": xla_flags, "results": [row]}
+        (tmp_path / "bench-autotune.json").write_text(json.dumps(document))
+        if not xla_flags:
+            with pytest.raises(RuntimeError, match="without --xla_gpu_autotune_level=0"):
+                suite.autotune_figures(context, 1.0)
+    figures = suite.autotune_figures(context, 1.0)
+    assert figures["xla_flags"] == suite.AUTOTUNE_OFF
+    assert figures["s2d-bf16-k1 b512"].startswith("5 train img/s, 9 eval img/s, compile 2.0 s")
+
+
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar10_long", "mnist"])
 def test_the_sweep_stages_run_variants_of_the_sweep_files_on_their_validation_split(dataset):
     suite = load_suite()
