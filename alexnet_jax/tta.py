@@ -2,8 +2,9 @@
 
 Trains from scratch with an experiment's config, evaluating the test split after every epoch,
 until the test accuracy reaches the target (default: CIFAR-10 0.90, MNIST 0.995) or the
-config's epochs run out. Prints the wall-clock seconds split into data loading (reading the
-dataset and placing it and the fresh state on the devices), compilation (ahead of time, of the
+config's epochs run out. Prints the wall-clock seconds split into data loading (JAX's start on
+the devices, reading the dataset and placing it, and the fresh state on the devices, each also
+apart), compilation (ahead of time, of the
 training and evaluation programs) and training (the epochs, their evaluations included), with
 how many programs came from the persistent compilation cache (a machine's later runs of a config
 load what its first one compiled; `JAX_COMPILATION_CACHE_DIR=` turns the cache off), and writes
@@ -43,7 +44,8 @@ def time_to_accuracy(
 
     with compilation_cache.CacheUse() as cache:
         began = time.perf_counter()
-        run, state = build_placed(config, dataset, devices)
+        data_parts = {}
+        run, state = build_placed(config, dataset, devices, data_parts)
         data_seconds = time.perf_counter() - began
 
         began = time.perf_counter()
@@ -78,6 +80,8 @@ def time_to_accuracy(
         # Unrounded: the parts, each rounded, could add up to more than the rounded whole.
         "wall_seconds": time.perf_counter() - start,
         "data_seconds": data_seconds,
+        # Its parts: JAX's start on the devices, the dataset read and placed, the fresh state.
+        "data_parts_seconds": data_parts,
         "compile_seconds": compile_seconds,
         # Whether compile_seconds compiled or read executables kept by an earlier run.
         "compilation_cache": cache.summary(),
@@ -97,6 +101,15 @@ def cache_note(result: dict) -> str:
     return (
         f" ({cache['programs_loaded']} program(s) loaded from the compilation cache, "
         f"{cache['programs_compiled']} compiled)"
+    )
+
+
+def data_parts_note(result: dict) -> str:
+    """The data seconds' parts, for the closing line."""
+    parts = result["data_parts_seconds"]
+    return (
+        f"backend {parts['backend']:.1f} s, dataset {parts['data']:.1f} s, "
+        f"state {parts['state']:.1f} s"
     )
 
 
@@ -121,7 +134,8 @@ def main(argv=None):
     print(
         f"{config.dataset}: {verdict} {target:.2%} ({result['eval_split']} accuracy "
         f"{result['test_accuracy']:.2%}) after {result['epochs']} epoch(s) in "
-        f"{result['wall_seconds']:.1f} s wall: data {result['data_seconds']:.1f} s, compile "
+        f"{result['wall_seconds']:.1f} s wall: data {result['data_seconds']:.1f} s "
+        f"({data_parts_note(result)}), compile "
         f"{result['compile_seconds']:.1f} s, training {result['training_seconds']:.1f} s "
         f"on {result['devices']} x {document['device_kind']}{cache_note(result)}"
     )

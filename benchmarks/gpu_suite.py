@@ -407,6 +407,7 @@ def tta_figures(name: str):
             "epochs": r["epochs"],
             "wall_s": round(r["wall_seconds"], 1),
             "data_s": round(r["data_seconds"], 1),
+            **{f"data {k}_s": round(v, 1) for k, v in r["data_parts_seconds"].items()},
             "compile_s": round(r["compile_seconds"], 1),
             "training_s": round(r["training_seconds"], 1),
         }

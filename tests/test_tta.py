@@ -23,6 +23,14 @@ def test_training_stops_at_the_first_epoch_that_reaches_the_target(cpu_devices):
     assert result["images_per_epoch"] == 64 and result["devices"] == 2
     parts = [result[k] for k in ("data_seconds", "compile_seconds", "training_seconds")]
     assert all(p > 0 for p in parts)
+    data_parts = result["data_parts_seconds"]
+    assert sorted(data_parts) == ["backend", "data", "state"]
+    assert min(data_parts.values()) >= 0 and data_parts["data"] > 0 and data_parts["state"] > 0
+    assert sum(data_parts.values()) <= result["data_seconds"]
+    assert tta.data_parts_note(result) == (
+        f"backend {data_parts['backend']:.1f} s, dataset {data_parts['data']:.1f} s, "
+        f"state {data_parts['state']:.1f} s"
+    )
     assert result["training_seconds"] == pytest.approx(row["train_seconds"] + row["eval_seconds"])
     assert sum(parts) <= result["wall_seconds"] == pytest.approx(row["wall_seconds"], abs=0.1)
     # The tests' persistent cache (conftest.py) gave or took the training program (of 2 steps)
