@@ -182,9 +182,13 @@ def read_failed_writes(handler: logging.Handler) -> None:
     fail, only one error reaches the run (its one-line error says it), and asyncio logs each
     other whose error nobody read ("exception was never retrieved", with a traceback) when it
     is collected: during the run, or at exit, on the terminal. Their errors are read here, at
-    the end of the run, and go to the library log."""
+    the end of the run, and go to the library log.
+
+    Each object's type is asked with `type()`, not `isinstance`, which reads `__class__`: TFDS
+    keeps lazy proxies of its dataset builders that import their module when an attribute is
+    read, and each logged a deprecation warning (166 at the end of every run)."""
     for obj in gc.get_objects():
-        if isinstance(obj, asyncio.Future) and obj.done() and not obj.cancelled():
+        if issubclass(type(obj), asyncio.Future) and obj.done() and not obj.cancelled():
             error = obj.exception()  # marks it read
             if error is not None:
                 message = f"an asynchronous write's error, read at the end of the run: {error!r}"

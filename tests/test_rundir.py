@@ -161,6 +161,22 @@ def test_write_errors_nobody_read_go_to_the_library_log_not_the_terminal(tmp_pat
     assert "never retrieved" not in captured.err + captured.out, captured.err
 
 
+def test_reading_the_failed_writes_reads_no_attribute_of_other_objects(tmp_path):
+    # As TFDS's lazy proxies of its dataset builders, which import a module (and logged a
+    # deprecation warning) when any attribute, `__class__` included, is read.
+    touched = []
+
+    class Lazy:
+        def __getattribute__(self, name):
+            touched.append(name)
+            return object.__getattribute__(self, name)
+
+    lazy = Lazy()
+    with rundir.library_log(tmp_path / LIBRARY_LOG):
+        pass
+    assert touched == [] and lazy is not None
+
+
 def test_a_running_training_holds_its_directory_is_readable_and_stops_promptly(
     tmp_path, cpu_devices, monkeypatch, capsys
 ):
