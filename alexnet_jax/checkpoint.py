@@ -9,11 +9,13 @@ from JSON.
 """
 
 import argparse
+import asyncio
 import errno
 import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,39 @@ class ReadOnlyNotices(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(ReadOnlyNotices())  # Orbax logs through absl's logger
+
+
+def silence_failed_read_leftovers() -> None:
+    """Keep off the terminal what a failed restore leaves behind, once its error is reported.
+
+    When one array of a checkpoint cannot be read, Orbax's restore fails at once and closes its
+    asyncio event loop while TensorStore's reads of the other arrays are still in flight. As
+    each of them ends, TensorStore's thread finds the loop closed and prints a traceback
+    ("RuntimeError: Event loop is closed"), and the coroutines and tasks left unfinished print
+    theirs when collected: hundreds of lines, after the one-line error or the warning that the
+    checkpoint was moved aside. Those are dropped from then on; any other error still prints.
+    """
+    if getattr(sys.excepthook, "silences_failed_reads", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def leftover(error) -> bool:
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+    def quiet_excepthook(kind, error, traceback):
+        if not leftover(error):
+            excepthook(kind, error, traceback)
+
+    def quiet_unraisablehook(unraisable):
+        unfinished = asyncio.iscoroutine(unraisable.object) or leftover(unraisable.exc_value)
+        if not unfinished:
+            unraisablehook(unraisable)
+
+    quiet_excepthook.silences_failed_reads = True
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in str(record.msg)
+    )
 
 
 class CorruptCheckpoint(UserError):
@@ -407,7 +442,10 @@ class Checkpoints:
         try:
             return self._manager_of(partial).restore(id, args=ocp.args.Composite(**items))
         except Exception as e:  # TensorStore, JSON and Orbax raise many kinds here
-            raise self._corrupt(id, partial, first_line(e)) from e
+            silence_failed_read_leftovers()
+            # TensorStore's message goes on with a dump of its internals: the first part says it.
+            why = first_line(e).split(" See full TensorStore details")[0].rstrip(". ")
+            raise self._corrupt(id, partial, why) from e
 
     def _corrupt(self, id: int, partial: bool, why: str) -> CorruptCheckpoint:
         return CorruptCheckpoint(f"checkpoint {self.path(id, partial)} is unreadable: {why}")
@@ -562,20 +600,33 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
                 abstract = abstract_train_state(config, derived)
                 state, history = checkpoints.restore(chosen, abstract, mesh, is_partial)
                 progress = checkpoints.read_progress(chosen) if is_partial else None
-            except CorruptCheckpoint:
+            except CorruptCheckpoint as e:
                 if (
                     attempt == 0
                     and id is None
                     and not checkpoints.path(chosen, is_partial).exists()
                 ):
                     continue  # a running training removed it (its keep policy): pick again
-                raise
+                what_else = other_checkpoints(checkpoints, None if is_partial else chosen)
+                raise CorruptCheckpoint(f"{e}; {what_else}") from e
         finally:
             checkpoints.close()
         epoch = progress["epoch"] if progress else chosen
         path = checkpoints.path(chosen, is_partial)
         return Trained(config, state, epoch, path, history, derived, progress)
     raise AssertionError("unreachable")
+
+
+def other_checkpoints(checkpoints: Checkpoints, unreadable: int | None) -> str:
+    """What to do when a checkpoint (the epoch `unreadable`, or a partial one: None) cannot be
+    read: name the run's other complete ones."""
+    others = [epoch for epoch in checkpoints.epochs() if epoch != unreadable]
+    if not others:
+        return "the run holds no other complete checkpoint: train it again"
+    return (
+        f"pass another of the run's checkpoints (epochs {', '.join(map(str, others))}), "
+        f"for example --ckpt {checkpoints.path(others[-1])}"
+    )
 
 
 def _choose(checkpoints: Checkpoints, id: int | None, partial: bool, best: bool):
