@@ -12,7 +12,9 @@ def cli(main):
     """Wrap an entry point so that a UserError prints `error: ...` and exits with status 2.
 
     (Or with the error's own `exit_code`, as an interrupted run does; Ctrl-C outside training's
-    own handling exits with 130, the shell's status for it, without a traceback.)
+    own handling exits with 130, the shell's status for it, without a traceback. Running out of
+    device memory, which a batch or image too large for the device causes, is one line too,
+    with status 1; checkpoints already written are whole, as after any failure.)
     """
 
     @functools.wraps(main)
@@ -25,8 +27,25 @@ def cli(main):
         except KeyboardInterrupt:  # Ctrl-C before training installs its own handler, or twice
             print("error: stopped by SIGINT", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:
+            if not out_of_memory(e):
+                raise
+            print(
+                f"error: the devices ran out of memory ({first_line(e)}): use smaller batches "
+                "(--config.batch_size, --config.eval_batch_size, or the command's --batch-size) "
+                "or a smaller --config.image_size",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
     return wrapper
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is XLA's report that an allocation on a device (or the host, for the CPU)
+    failed. Told by its type's name and status, so that this module needs no JAX."""
+    kind = type(error).__name__
+    return kind in ("JaxRuntimeError", "XlaRuntimeError") and "RESOURCE_EXHAUSTED" in str(error)
 
 
 def first_line(error: BaseException) -> str:

@@ -1,11 +1,14 @@
 """The command line shared by train, seeds, tta and bench: --config.FIELD options."""
 
+import subprocess
+import sys
+
 import pytest
 
 from alexnet_jax import bench
 from alexnet_jax.cli import command_parser, config_from_command_line, overrides_from
 from alexnet_jax.config import load_config
-from alexnet_jax.errors import UserError
+from alexnet_jax.errors import UserError, cli
 
 from conftest import ROOT
 
@@ -68,3 +71,27 @@ def test_an_error_inside_get_config_is_one_line(tmp_path):
     experiment.write_text("def get_config():\n    return 1 / 0\n")
     with pytest.raises(UserError, match=r"line 2: ZeroDivisionError: division by zero$"):
         load_config(experiment)
+
+
+def test_running_out_of_device_memory_is_one_line_saying_what_to_lower(tmp_path):
+    # A real allocation failure of XLA (2 TiB on the host CPU), raised in an entry point.
+    program = (
+        "import jax, jax.numpy as jnp\n"
+        "from alexnet_jax.errors import cli\n"
+        "cli(lambda: jax.jit(lambda: jnp.ones((2**41,), jnp.uint8))().block_until_ready())()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: the devices ran out of memory (RESOURCE_EXHAUSTED: ")
+    assert "--config.batch_size" in line and "--config.image_size" in line
+
+
+def test_other_errors_of_xla_keep_their_traceback():
+    class JaxRuntimeError(Exception):
+        pass
+
+    with pytest.raises(JaxRuntimeError, match="INTERNAL"):
+        cli(lambda: (_ for _ in ()).throw(JaxRuntimeError("INTERNAL: something else")))()
