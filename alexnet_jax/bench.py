@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from alexnet_jax import profiling
+from alexnet_jax import outputs, profiling
 from alexnet_jax.cli import command_parser, overrides_from
 from alexnet_jax.config import apply_overrides, load_config
 from alexnet_jax.data import synthetic_dataset
@@ -359,6 +359,8 @@ def main(argv=None):
     add_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     args.overrides = overrides_from(rest)
+    if args.out:
+        outputs.check_file(args.out, "--out")
     document = run_all(args)
     env = {k: document[k] for k in ("device_kind", "device_count", "jax", "date")}
     print(

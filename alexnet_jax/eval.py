@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from alexnet_jax import checkpoint, compilation_cache
+from alexnet_jax import checkpoint, compilation_cache, outputs
 from alexnet_jax.config import validate
 from alexnet_jax.data import load_test_split
 from alexnet_jax.errors import cli
@@ -38,6 +38,8 @@ def main(argv=None):
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    if args.json:
+        outputs.check_file(args.json, "--json")
     compilation_cache.enable()
 
     mesh = make_mesh()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpoint, compilation_cache, exported
+from alexnet_jax import checkpoint, compilation_cache, exported, outputs
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import combined_logits, inference_options, view_logits, views
 from alexnet_jax.parallel import make_mesh
@@ -217,10 +217,9 @@ def main(argv=None):
     unknown = sorted(set(platforms) - set(PLATFORMS))
     if unknown or not platforms:
         raise UserError(f"--platforms {args.platforms}: choose from {', '.join(PLATFORMS)}")
-    compilation_cache.enable()
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder")
+    outputs.check_folder(args.out, "--out")
+    compilation_cache.enable()
 
     trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
     manifest, differences = export_checked(trained, out, platforms, args.onnx)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from alexnet_jax import checkpoint, compilation_cache
+from alexnet_jax import checkpoint, compilation_cache, outputs
 from alexnet_jax.errors import UserError, cli, first_line
 from alexnet_jax.evaluation import class_probabilities, inference_options
 from alexnet_jax.parallel import make_mesh
@@ -226,6 +226,8 @@ def main(argv=None) -> int:
         raise UserError(f"--batch-size={args.batch_size} must be at least 1")
     if args.json and Path(args.json).suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"--json {args.json} looks like an image: pass a .json file, or - ")
+    if args.json and args.json != "-":
+        outputs.check_file(args.json, "--json")
     compilation_cache.enable()
 
     # One device is plenty for a few images, and keeps the batch padding simple.

@@ -17,7 +17,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from alexnet_jax import artifacts, checkpoint, compilation_cache
+from alexnet_jax import artifacts, checkpoint, compilation_cache, outputs
 from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset, load_dataset
@@ -159,6 +159,8 @@ def main(argv=None):
     parser.add_argument("--results", help="copy the evidence and the summary here")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
+    if args.results:
+        outputs.check_folder(args.results, "--results")
     compilation_cache.enable()
     summary = run_seeds(config, args.seeds, args.workdir, args.results)
     print(markdown(summary))

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax import compilation_cache
+from alexnet_jax import compilation_cache, outputs
 from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.config import validate
 from alexnet_jax.data import Dataset, Split, load_training_data
@@ -217,6 +217,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these variants")
     args, rest = parser.parse_known_args(argv)
     base = config_from_command_line(args.config, rest, args.data_dir)
+    outputs.check_folder(args.out, "--out")
     compilation_cache.enable()
     variants = load_variants(args.config)
     if args.only:

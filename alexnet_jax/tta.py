@@ -18,7 +18,7 @@ import time
 
 import ml_collections
 
-from alexnet_jax import bench, compilation_cache
+from alexnet_jax import bench, compilation_cache, outputs
 from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.data import Dataset
 from alexnet_jax.errors import UserError, cli
@@ -123,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--out", help="write the result as JSON to this file")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
+    if args.out:
+        outputs.check_file(args.out, "--out")
     compilation_cache.enable()
     target = TARGETS.get(config.dataset) if args.target is None else args.target
     if not 0 < target <= 1:

@@ -143,7 +143,7 @@ def test_export_cli_checks_what_it_wrote(tiny_run, tmp_path, capsys):
     "args, message",
     [
         (["--platforms", "cpu,metal"], "--platforms cpu,metal: choose from"),
-        (["--out", __file__], "is a file: pass a folder"),
+        (["--out", __file__], "is a file: name a folder"),
     ],
 )
 def test_export_cli_usage_errors(tiny_run, tmp_path, capsys, args, message):

@@ -1,0 +1,43 @@
+"""Output paths, checked before the work that fills them.
+
+A command that evaluates, trains or exports for minutes and then cannot write its result loses
+that work: `--json`, `--out` and `--results` are checked first, by creating (and deleting) a
+temporary file where the result will go. Nothing else is created: the folders a path names are
+made when the result is written.
+"""
+
+import tempfile
+from pathlib import Path
+
+from alexnet_jax.errors import UserError
+
+
+def check_file(path: str, option: str) -> None:
+    """Refuse an output file that could not be written: a folder, or a place that refuses."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{option} {path} is a folder: name a file, such as {target / 'out.json'}")
+    _check_writable(target.parent, f"{option} {path}")
+
+
+def check_folder(path: str, option: str) -> None:
+    """Refuse an output folder that could not be written: a file, or a place that refuses."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{option} {path} is a file: name a folder")
+    _check_writable(target, f"{option} {path}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    existing = folder
+    while not existing.exists():  # the folders to be made; the root always exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} lies under {existing}, which is a file: name another place")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{what} cannot be written ({existing}: {e.strerror or e}): name another place"
+        ) from e

@@ -1,0 +1,58 @@
+"""Output paths are refused before the work that would fill them (alexnet_jax.outputs)."""
+
+import pytest
+
+from alexnet_jax import eval as eval_command
+from alexnet_jax import export, outputs, seeds, tta
+from alexnet_jax.errors import UserError
+
+
+def test_a_file_in_folders_yet_to_be_made_passes_and_nothing_is_made(tmp_path):
+    outputs.check_file(str(tmp_path / "a" / "b" / "result.json"), "--json")
+    outputs.check_folder(str(tmp_path / "c" / "d"), "--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "check, kind, message",
+    [
+        (outputs.check_file, "folder", r"--json .* is a folder: name a file, such as"),
+        (outputs.check_folder, "file", r"--json .* is a file: name a folder"),
+        (outputs.check_file, "under a file", r"lies under .*, which is a file"),
+        (outputs.check_folder, "under a file", r"lies under .*, which is a file"),
+        (outputs.check_file, "refused", r"cannot be written \(/proc: .*\): name another place"),
+        (outputs.check_folder, "refused", r"cannot be written \(/proc: .*\): name another place"),
+    ],
+)
+def test_what_cannot_be_written_is_refused_in_one_line(check, kind, message, tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    path = {
+        "folder": tmp_path / "folder",
+        "file": tmp_path / "file",
+        "under a file": tmp_path / "file" / "out" / "x.json",
+        "refused": "/proc/alexnet_jax_out/x",  # refused even to root
+    }[kind]
+    with pytest.raises(UserError, match=message):
+        check(str(path), "--json")
+
+
+@pytest.mark.parametrize(
+    "main, argv",
+    [
+        (eval_command.main, ["--ckpt", "no-such-run", "--json", "{folder}"]),
+        (tta.main, ["--config", "experiments/quick.py", "--out", "{folder}"]),
+        (seeds.main, ["--config", "experiments/quick.py", "--results", "{file}"]),
+        (export.main, ["--ckpt", "no-such-run", "--out", "{file}"]),
+    ],
+)
+def test_commands_refuse_their_output_path_before_any_work(main, argv, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(folder=tmp_path / "folder", file=tmp_path / "file") for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    # Refused for the path, before the checkpoint (which does not exist) or the data is read.
+    assert error.startswith("error: --") and "no-such-run" not in error, error
