@@ -151,21 +151,38 @@ CHOICES = {
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-    """Run `get_config()` of an experiment file, on top of `default_config()`."""
+    """Run `get_config()` of an experiment file (a Python file whose `get_config()` starts from
+    `default_config()` and sets what it changes, as experiments/*.py do)."""
     file = Path(path)
+    example = "pass an experiment file such as experiments/cifar10.py"
+    if file.is_dir():
+        raise UserError(f"config file {path} is a folder: {example}")
     if not file.is_file():
-        raise UserError(f"config file {path} does not exist: pass e.g. experiments/cifar10.py")
+        raise UserError(f"config file {path} does not exist: {example}")
+    if file.suffix != ".py":
+        # A run's config.json, say: `--ckpt` and resuming read those, not `--config`.
+        raise UserError(f"config file {path} is not a Python file (.py): {example}")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             raise UserError(f"config file {path} has no get_config() function")
-        return module.get_config()
+        config = module.get_config()
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"config file {path} failed to load: {_describe(e, file)}") from e
+    start = "start it from alexnet_jax.config.default_config(), as experiments/*.py do"
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(
+            f"config file {path}: get_config() returned a {type(config).__name__}, not an "
+            f"ml_collections.ConfigDict: {start}"
+        )
+    missing = [key for key in default_config() if key not in config]
+    if missing:
+        raise UserError(f"config file {path}: get_config() lacks {', '.join(missing)}: {start}")
+    return config
 
 
 def _describe(error: Exception, file: Path) -> str:
@@ -271,6 +288,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     }.items():
         if config[key] < low:
             raise UserError(f"{key}={config[key]} must be at least {low}")
+    if not -(2**63) <= config.seed < 2**63:  # what jax.random.PRNGKey takes
+        raise UserError(f"seed={config.seed} must fit in 64 bits (-2**63 to 2**63 - 1)")
     for key in ("label_smoothing", "dropout_rate", "momentum", "ema_decay"):
         if config[key] >= 1:
             raise UserError(f"{key}={config[key]} must be below 1")

@@ -11,7 +11,7 @@ from pathlib import Path
 from alexnet_jax import checkpoint, compilation_cache, outputs
 from alexnet_jax.config import validate
 from alexnet_jax.data import load_test_split
-from alexnet_jax.errors import cli
+from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import (
     DeviceSplit,
     evaluate,
@@ -38,6 +38,8 @@ def main(argv=None):
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size={args.batch_size} must be at least 1")
     if args.json:
         outputs.check_file(args.json, "--json")
     compilation_cache.enable()
@@ -47,7 +49,7 @@ def main(argv=None):
     config = trained.config
     if args.data_dir:
         config.data_dir = args.data_dir
-    if args.batch_size:
+    if args.batch_size is not None:
         config.eval_batch_size = args.batch_size
     if args.flip:
         config.eval_flip = True

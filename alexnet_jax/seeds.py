@@ -49,6 +49,10 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
     validate(config)
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
+    for seed in seeds:  # each one checked before the first trains
+        seeded = config.copy_and_resolve_references()
+        seeded.seed = seed
+        validate(seeded)
     source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
     mesh = make_mesh()
     derived = derive(config)

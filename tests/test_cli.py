@@ -66,6 +66,31 @@ def test_a_typo_in_an_experiment_file_names_its_line(tmp_path):
         load_config(experiment)
 
 
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("config.json", '{"dataset": "mnist"}', r"config.json is not a Python file \(.py\): pass"),
+        ("folder", None, r"folder is a folder: pass an experiment file"),
+        ("none.py", "def get_config():\n    return None\n", r"returned a NoneType, not an"),
+        ("plain.py", "def get_config():\n    return {'dataset': 'mnist'}\n", r"returned a dict"),
+        (
+            "partial.py",
+            "import ml_collections\n\n\ndef get_config():\n"
+            "    return ml_collections.ConfigDict({'dataset': 'mnist', 'batch_size': 8})\n",
+            r"get_config\(\) lacks .*affine_rotation.*: start it from alexnet_jax.config.default",
+        ),
+    ],
+)
+def test_what_is_not_an_experiment_file_is_refused_in_one_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        config_from_command_line(str(path), ["--config.num_epochs=1"], None)
+
+
 def test_an_error_inside_get_config_is_one_line(tmp_path):
     experiment = tmp_path / "boom.py"
     experiment.write_text("def get_config():\n    return 1 / 0\n")
@@ -95,3 +120,31 @@ def test_other_errors_of_xla_keep_their_traceback():
 
     with pytest.raises(JaxRuntimeError, match="INTERNAL"):
         cli(lambda: (_ for _ in ()).throw(JaxRuntimeError("INTERNAL: something else")))()
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
+def test_a_seed_beyond_64_bits_is_refused(seed):
+    from alexnet_jax.config import validate
+
+    with pytest.raises(UserError, match=r"seed=.* must fit in 64 bits"):
+        validate(config_from_command_line(QUICK, [f"--config.seed={seed}"], None))
+
+
+def test_seeds_checks_every_seed_before_the_first_trains(tmp_path):
+    from alexnet_jax import seeds
+    from alexnet_jax.config import load_config
+
+    config = load_config(QUICK)
+    with pytest.raises(UserError, match=r"seed=9223372036854775808 must fit"):
+        seeds.run_seeds(config, [0, 2**63], tmp_path)
+    assert list(tmp_path.iterdir()) == []  # seed 0 did not start
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_eval_refuses_a_batch_size_below_one_before_reading_anything(size, capsys):
+    from alexnet_jax import eval as eval_command
+
+    with pytest.raises(SystemExit) as exit_info:
+        eval_command.main(["--ckpt", "no-such-run", "--batch-size", size])
+    assert exit_info.value.code == 2
+    assert f"--batch-size={size} must be at least 1" in capsys.readouterr().err
