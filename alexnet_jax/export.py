@@ -182,7 +182,9 @@ def export_checked(
     trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), onnx=False
 ) -> tuple[dict, dict[str, float]]:
     """`export` into a folder beside `out`, `check_export` it there, and only then move it into
-    `out`, the manifest last: an export that fails its check leaves `out` as it was."""
+    `out`, the manifest last: an export that fails its check leaves `out` as it was. `out` holds
+    one export: an earlier export's file that this one does not write (its ONNX model, when this
+    one has none) is removed with the rest replaced, so that nothing stale looks current."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -196,6 +198,8 @@ def export_checked(
         for name in (exported.FUNCTION, exported.WEIGHTS, ONNX, exported.MANIFEST):
             if (staging / name).exists():
                 os.replace(staging / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest, differences

@@ -133,10 +133,16 @@ print(json.dumps(loaded))
 
 def test_export_cli_checks_what_it_wrote(tiny_run, tmp_path, capsys):
     out = tmp_path / "exported"
+    # An earlier export's ONNX model: this export writes none, so it must not stay beside it.
+    out.mkdir()
+    (out / export.ONNX).write_bytes(b"an earlier export's model")
+    (out / "notes.txt").write_text("the user's own file")
     export.main(["--ckpt", str(tiny_run), "--out", str(out), "--platforms", "cpu"])
     printed = capsys.readouterr().out
     assert "checked jax: logits within" in printed
     assert json.loads((out / exported.MANIFEST).read_text())["platforms"] == ["cpu"]
+    assert not (out / export.ONNX).exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"
 
 
 @pytest.mark.parametrize(
