@@ -128,12 +128,16 @@ def next_step(
     if copy_from:
         return "copy"
     where = f"{versioned} is not prepared in {data_dir}"
+    # The command that prepares it where this run looks for it.
+    prepare = f"python -m alexnet_jax.prepare {versioned.split(':')[0]} --data-dir {data_dir}"
     if not download:
-        raise UserError(f"{where}: pass --data-dir to a prepared copy (or allow the download)")
+        raise UserError(
+            f"{where}: pass --data-dir to a prepared copy, or allow the download "
+            "(--config.download=true, or the make targets)"
+        )
     if processes > 1:
         raise UserError(
-            f"{where}: prepare it first with `python -m alexnet_jax.prepare "
-            f"{versioned.split(':')[0]} --data-dir {data_dir}` (the {processes} processes of "
+            f"{where}: prepare it first with `{prepare}` (the {processes} processes of "
             "this run would each prepare it), or pass --data-dir to a prepared copy"
         )
     if has_tensorflow:
@@ -142,8 +146,7 @@ def next_step(
         return "install"
     raise UserError(
         f"{where}, and preparing it needs TensorFlow ({EXTRA_SIZE}), which is not installed: "
-        f"run `python -m alexnet_jax.prepare {versioned.split(':')[0]} --install` (the make "
-        "targets do), or pass --data-dir to a prepared copy"
+        f"run `{prepare} --install` (the make targets do), or pass --data-dir to a prepared copy"
     )
 
 

@@ -53,12 +53,17 @@ def test_a_missing_dataset_is_downloaded_when_tensorflow_is_there():
 
 def test_without_tensorflow_the_extra_is_installed_only_when_allowed():
     assert decide("missing", install=True) == "install"
-    with pytest.raises(UserError, match=r"needs TensorFlow .*prepare mnist --install"):
+    # The command it names prepares the data dir this run reads, not TFDS's default one.
+    with pytest.raises(
+        UserError, match=r"needs TensorFlow .*prepare mnist --data-dir /data --install"
+    ):
         decide("missing")
 
 
 def test_a_missing_dataset_without_download_names_the_option():
-    with pytest.raises(UserError, match=r"not prepared in /data: pass --data-dir"):
+    with pytest.raises(
+        UserError, match=r"not prepared in /data: pass --data-dir .*--config.download=true"
+    ):
         decide("missing", download=False, has_tensorflow=True, install=True)
 
 
