@@ -26,7 +26,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from alexnet_jax.checkpoint import Checkpoints, CorruptCheckpoint, Restored
+from alexnet_jax.checkpoint import CHECKPOINTS, Checkpoints, CorruptCheckpoint, Restored
 from alexnet_jax.config import RESUMABLE_CHANGES
 from alexnet_jax.distributed import any_process, is_primary
 from alexnet_jax.errors import UserError
@@ -47,6 +47,7 @@ def hold(run_dir: Path, checkpoint_bytes: int):
     training in a held directory is refused with a line naming the process and host that hold
     it. Then `prepare`, and Orbax's messages go to LIBRARY_LOG for as long as it is held.
     """
+    refuse_a_run_as_workdir(run_dir)
     create(run_dir)
     lock = RunLock(run_dir / LOCK)
     holder = lock.acquire() if is_primary() else None
@@ -113,6 +114,18 @@ class RunLock:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+
+
+def refuse_a_run_as_workdir(run_dir: Path) -> None:
+    """A new run inside another run's folder is most likely a --workdir that names the run
+    itself (runs/mnist for runs): refused, rather than training afresh in runs/mnist/mnist."""
+    workdir = run_dir.parent
+    if not run_dir.exists() and (workdir / CHECKPOINTS).is_dir():
+        raise UserError(
+            f"--workdir {workdir} is a run's folder (it holds {CHECKPOINTS}/), and runs go to "
+            f"WORKDIR/<dataset>/: pass --workdir {workdir.parent} to resume that run, or "
+            "another folder for a new one"
+        )
 
 
 def create(run_dir: Path) -> None:

@@ -80,7 +80,15 @@ def wait_for(condition, process, what: str):
 
 
 @pytest.mark.parametrize(
-    "problem", ["unwritable", "held", "no room", "other settings", "checkpoints is a file"]
+    "problem",
+    [
+        "unwritable",
+        "held",
+        "no room",
+        "other settings",
+        "checkpoints is a file",
+        "a run as workdir",
+    ],
 )
 def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp_path):
     workdir, config = tmp_path, tiny_config(num_epochs=1)
@@ -91,6 +99,8 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
         "no room": r"only \d+ MiB free in .*, and a checkpoint needs about",
         "other settings": r"other settings \(learning_rate: 0.5 -> 0.01\)",
         "checkpoints is a file": "cannot open the checkpoints",
+        "a run as workdir": r"--workdir .*/mnist is a run's folder \(it holds checkpoints/\), .*"
+        r"pass --workdir \S+ to resume that run",
     }[problem]
     holder = RunLock(run / LOCK)
     with contextlib.ExitStack() as cleanup:
@@ -110,6 +120,9 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
             saved.save(1, new_state(other), other, [{"epoch": 1, "test_accuracy": 0.5}])
             saved.wait()
             saved.close()
+        elif problem == "a run as workdir":  # runs/mnist passed where runs was meant
+            (run / "checkpoints").mkdir(parents=True)
+            workdir = run
         else:
             run.mkdir()
             (run / "checkpoints").write_text("not a folder")
@@ -117,6 +130,8 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
             train.train_and_evaluate(config, workdir, Unread())
     if problem == "held":  # released: the next training may have it
         assert RunLock(run / LOCK).acquire() is None
+    if problem == "a run as workdir":
+        assert not (run / "mnist").exists()  # nothing made inside the run
 
 
 def test_a_disk_that_fills_during_a_save_ends_the_run_with_one_line_naming_that_save(tmp_path):
