@@ -255,6 +255,7 @@ def main(argv=None) -> int:
         else:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(text)
+            print(f"wrote {args.json}")
     failed = sum(p.error is not None for p in predictions)
     if failed:
         print(f"{failed} of {len(predictions)} inputs failed", file=sys.stderr)
