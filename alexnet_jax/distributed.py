@@ -31,8 +31,12 @@ def initialize(
         return
     if not auto and any(value is None for value in explicit):
         raise UserError("give all of --coordinator HOST:PORT, --num-processes N and --process-id I")
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes {num_processes} must be at least 1")
     if num_processes is not None and not 0 <= (process_id or 0) < num_processes:
         raise UserError(f"--process-id {process_id} must lie in 0 .. {num_processes - 1}")
+    if coordinator:
+        host_and_port(coordinator)  # process 0 too: JAX would fail on it with an IndexError
     if coordinator and process_id != 0:
         # JAX aborts the whole process when it cannot reach the coordinator; check first, so
         # that the user gets a line naming the address instead.
@@ -54,22 +58,34 @@ def initialize(
         )
     except Exception as e:  # the runtime raises RuntimeError/ValueError/XlaRuntimeError
         where = f"the coordinator at {coordinator}" if coordinator else "the cluster's coordinator"
+        if auto and not coordinator and "coordinator_address" in str(e):
+            raise UserError(
+                "--distributed found no cluster to join (no SLURM, Open MPI, Kubernetes or Cloud "
+                "TPU variables): run without it, or give --coordinator, --num-processes and "
+                "--process-id"
+            ) from e
         raise UserError(
-            f"could not join {where} within {timeout_seconds} s "
-            f"({str(e).strip().splitlines()[0][:200]}): check the address, that process 0 "
-            "runs, and that every process was given the same --num-processes"
+            f"could not join {where} ({str(e).strip().splitlines()[0][:200]}): check the "
+            f"address, that process 0 runs, and that every process was given the same "
+            f"--num-processes (each waits up to {timeout_seconds} s)"
         ) from e
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """--coordinator's HOST:PORT (an IPv6 host in brackets), or a one-line error."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--coordinator {address!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
+    return host.strip("[]"), int(port)
 
 
 def wait_for_coordinator(address: str, timeout_seconds: float) -> None:
     """Retry a TCP connection to HOST:PORT until it opens or `timeout_seconds` pass."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--coordinator {address!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
+    host, port = host_and_port(address)
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            with socket.create_connection((host, port), timeout=2):
                 return
         except OSError as e:
             if time.monotonic() >= deadline:

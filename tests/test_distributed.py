@@ -3,9 +3,12 @@
 Each test starts its processes itself, bounds every wait and kills what is left on failure.
 """
 
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import jax
@@ -166,3 +169,32 @@ def test_unreachable_coordinator_is_named_after_a_bounded_wait(tmp_path):
     assert code == 2, err
     assert f"could not join the coordinator at {address} within 5 s" in err
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("notahostport", 2, 0), r"--coordinator 'notahostport' must be HOST:PORT"),
+        (("127.0.0.1:1234", 0, 0), r"--num-processes 0 must be at least 1"),
+        (("127.0.0.1:1234", 2, 2), r"--process-id 2 must lie in 0 \.\. 1"),
+    ],
+)
+def test_bad_process_options_are_refused_before_joining(arguments, message):
+    from alexnet_jax.distributed import initialize
+
+    with pytest.raises(UserError, match=message):
+        initialize(*arguments)
+
+
+def test_distributed_outside_a_cluster_says_so_at_once():
+    program = (
+        "from alexnet_jax.distributed import initialize\n"
+        "from alexnet_jax.errors import cli\n"
+        "cli(lambda: initialize(auto=True))()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: --distributed found no cluster to join"), done.stderr
