@@ -218,7 +218,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             config[key] = _parse(text, kind)
         except (ValueError, TypeError) as e:
             raise UserError(
-                f"{key}={text!r} is not a valid {kind.__name__} (the config's value is {config[key]!r})"
+                f"{key}={text!r} is not a valid {kind.__name__} "
+                f"(the config's value is {config[key]!r})"
             ) from e
 
 
