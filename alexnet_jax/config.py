@@ -199,7 +199,13 @@ def _describe(error: Exception, file: Path) -> str:
     return f"{where}{type(error).__name__}: {first_line(error)}"
 
 
+# The commands' own options, which a user may write as config fields.
+COMMAND_OPTIONS = ("workdir", "ckpt", "seeds", "out", "results", "target")
+
+
 def _closest(key: str) -> str:
+    if key in COMMAND_OPTIONS:
+        return f"it is an option of the command: pass --{key}"
     fields = list(default_config().keys())
     close = difflib.get_close_matches(key, fields, n=1)
     return f"did you mean {close[0]}?" if close else f"fields: {', '.join(fields)}"

@@ -19,6 +19,11 @@ def cli(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        # argparse names the program by sys.argv[0], which `python -m alexnet_jax.train` sets to
+        # the file's path ("usage: train.py"): name the command as it is typed instead.
+        launched = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if main.__module__ == "__main__" and launched is not None:
+            sys.argv[0] = f"python -m {launched.name}"
         try:
             return main(*args, **kwargs)
         except UserError as e:

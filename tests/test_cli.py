@@ -148,3 +148,19 @@ def test_eval_refuses_a_batch_size_below_one_before_reading_anything(size, capsy
         eval_command.main(["--ckpt", "no-such-run", "--batch-size", size])
     assert exit_info.value.code == 2
     assert f"--batch-size={size} must be at least 1" in capsys.readouterr().err
+
+
+def test_a_command_option_written_as_a_config_field_names_the_option():
+    with pytest.raises(
+        UserError, match=r"'workdir': it is an option of the command: pass --workdir"
+    ):
+        config_from_command_line(QUICK, ["--config.workdir=runs"], None)
+
+
+def test_usage_names_the_command_as_it_is_typed():
+    done = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.eval", "--help"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m alexnet_jax.eval "), done.stdout[:200]
