@@ -22,7 +22,7 @@ def command_parser(
     """The parser of a command that runs an experiment: --config and --data-dir; any
     --config.FIELD options are left over for `overrides_from`."""
     parser = argparse.ArgumentParser(
-        description=description,
+        description=description.rstrip(":"),  # a docstring's first line may lead into an example
         epilog="Any config field can be set with --config.FIELD=VALUE (or --config.FIELD VALUE).",
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,

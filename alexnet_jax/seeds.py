@@ -158,8 +158,12 @@ def markdown(summary: dict) -> str:
 @cli
 def main(argv=None):
     parser = command_parser(__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--workdir", default="runs/seeds")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="the seeds to run (0 1 2)"
+    )
+    parser.add_argument(
+        "--workdir", default="runs/seeds", help="each seed's run goes to WORKDIR/seed<k>/<dataset>/"
+    )
     parser.add_argument("--results", help="copy the evidence and the summary here")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)

@@ -266,7 +266,7 @@ def kept_checkpoint(checkpoints: Checkpoints) -> str:
 def main(argv=None, dataset: Dataset | None = None):
     """The command line; `dataset` stands in for the TFDS one (the tests' training processes)."""
     parser = command_parser(__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs", help="runs go to WORKDIR/<dataset>/")
+    parser.add_argument("--workdir", default="runs", help="runs go to WORKDIR/<dataset>/ (runs)")
     add_process_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
