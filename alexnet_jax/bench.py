@@ -306,7 +306,9 @@ OWN_FIELDS = {
 
 
 def run_all(args) -> dict:
-    """Measure every (device count, batch size, configuration); returns the JSON document."""
+    """Measure every (device count, batch size, configuration); returns the JSON document,
+    also written to `args.out` (when given) after each measurement, so that a bench stopped
+    part way (a time limit on the GPU machine) keeps what it measured."""
     for override in args.overrides:
         field = override.partition("=")[0]
         if field in OWN_FIELDS:
@@ -324,6 +326,7 @@ def run_all(args) -> dict:
     if max(counts) > len(available):
         raise UserError(f"--devices {args.devices}: only {len(available)} devices here")
     results = []
+    document = {**environment(), "dataset": load_config(args.config).dataset, "results": results}
     for count in counts:
         for batch_size in int_list(str(args.batch_size)):
             for name in names:
@@ -343,14 +346,21 @@ def run_all(args) -> dict:
                 )
                 results.append({"name": name, **result})
                 print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    return {**environment(), "dataset": load_config(args.config).dataset, "results": results}
+                if args.out:
+                    write_json(document, args.out, quiet=True)
+    return document
 
 
-def write_json(document: dict, path: str | None) -> None:
+def write_json(document: dict, path: str | None, quiet: bool = False) -> None:
+    """`document` as JSON to `path`, whole or not at all (a temporary file renamed into place)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote {path}")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.partial")
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+        temporary.replace(target)
+        if not quiet:
+            print(f"wrote {path}")
 
 
 @cli

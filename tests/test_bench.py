@@ -9,8 +9,19 @@ from alexnet_jax.errors import UserError
 from alexnet_jax.profiling import trace_files
 
 
-def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(tmp_path, cpu_devices, capsys):
+def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(
+    tmp_path, cpu_devices, capsys, monkeypatch
+):
     out = tmp_path / "bench.json"
+    # What the file holds when each measurement starts: a bench stopped part way keeps the
+    # measurements before.
+    measure, written = bench.measure, []
+
+    def recording(*args, **kwargs):
+        written.append(json.loads(out.read_text())["results"] if out.exists() else None)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", recording)
     bench.main(
         [
             "--configs", "s2d-f32-k2",
@@ -31,6 +42,8 @@ def test_bench_runs_on_one_and_two_devices_and_writes_its_figures(tmp_path, cpu_
     assert document["dataset"] == "cifar10" and document["date"][:2] == "20"
     runs = document["results"]
     assert [(r["devices"], r["name"]) for r in runs] == [(1, "s2d-f32-k2"), (2, "s2d-f32-k2")]
+    assert written == [None, runs[:1]]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
     for r in runs:
         assert (r["batch_size"], r["image_size"], r["stem"]) == (16, 67, "space_to_depth")
         assert (r["compute_dtype"], r["steps_per_dispatch"], r["steps_per_epoch"]) == (
