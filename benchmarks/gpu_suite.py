@@ -721,7 +721,12 @@ def run_stage(stage: Stage, ctx: Context, timeout: float) -> dict:
                     if code is None
                     else f"exit status {code}: {last_line(log_path)}"
                 )
-                return {**record, "status": "failed", "seconds": seconds, "error": error}
+                failed = {**record, "status": "failed", "seconds": seconds, "error": error}
+                try:  # what it wrote before it stopped (bench writes after each measurement)
+                    failed["partial_figures"] = stage.figures(ctx, seconds)
+                except Exception:
+                    pass  # nothing, or nothing readable: the error says it
+                return failed
     seconds = time.monotonic() - began
     try:
         figures = stage.figures(ctx, seconds)
@@ -769,6 +774,8 @@ class Summary:
                 detail = "; ".join(f"{k}: {v}" for k, v in s["figures"].items())
             else:
                 detail = s.get("error") or s.get("reason", "")
+                partial = s.get("partial_figures", {})
+                detail += "".join(f"; {k}: {v}" for k, v in partial.items())
             seconds = f"{s['seconds']:.1f}" if "seconds" in s else ""
             detail = detail.replace("|", "\\|")
             lines.append(f"| {s['name']} | {s['status']} | {seconds} | {detail} |")

@@ -53,7 +53,8 @@ def test_a_failing_stage_is_recorded_the_next_one_runs_and_a_long_one_is_skipped
 
     failed = stages["tta-mnist"]
     assert failed["error"].startswith("exit status 2: error: ") and "mnist" in failed["error"]
-    assert "figures" not in failed and (out / "tta-mnist.log").is_file()
+    assert "figures" not in failed and "partial_figures" not in failed
+    assert (out / "tta-mnist.log").is_file()
     assert not (out / "tta-mnist.json").exists()
 
     # The stage after the failure ran and has its figures.
@@ -77,6 +78,28 @@ def test_a_failing_stage_is_recorded_the_next_one_runs_and_a_long_one_is_skipped
         names = set(t.getnames())
     assert {"out/summary.json", "out/env.log", "out/tta-mnist.log", "out/environment.json"} <= names
     assert (returned / "summary.md").read_text() == markdown
+
+
+def test_a_stage_stopped_at_its_time_limit_keeps_the_figures_it_wrote_before(tmp_path):
+    suite = load_suite()
+    context = suite.Context(tmp_path, tmp_path / "work", sizes="cpu", data_dir=None)
+    written = tmp_path / "slow.json"
+    # As bench does: its JSON after each measurement, then a long one that the limit stops.
+    command = ["sh", "-c", f"echo '{{\"rows\": 1}}' > {written}; sleep 60"]
+    stage = suite.Stage(
+        "slow", "a stage that outlives its limit", lambda ctx: [command],
+        lambda ctx, seconds: {"rows": json.loads(written.read_text())["rows"]},
+    )  # fmt: skip
+    record = suite.run_stage(stage, context, timeout=3)
+    assert record["status"] == "failed" and record["error"].startswith("stopped after")
+    assert record["partial_figures"] == {"rows": 1} and "figures" not in record
+    summary = suite.Summary(tmp_path, 100, "cpu", None)
+    summary.document["stages"].append({"name": "slow", **record})
+    summary.document["elapsed_s"] = record["seconds"]
+    assert (
+        "| slow | failed |" in summary.markdown()
+        and "its time limit; rows: 1 |" in summary.markdown()
+    )
 
 
 def test_the_archive_keeps_the_traces_apart(tmp_path):
