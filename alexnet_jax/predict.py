@@ -8,10 +8,12 @@ usage error (a bad option or checkpoint).
 """
 
 import argparse
+import contextlib
 import functools
 import glob
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,17 @@ def expand_inputs(inputs: Sequence[str]) -> list[Prediction]:
     return entries
 
 
+@contextlib.contextmanager
+def open_quietly(path: str | Path):
+    """`Image.open`, without Pillow's warning on the terminal for an image over
+    `Image.MAX_IMAGE_PIXELS` (one over twice that is refused, below): the note "resized WxH to
+    ..." gives its size with the results."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            yield image
+
+
 def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
     """Decode a file into uint8 [H, W, C] of the dataset's `shape`, and say what was converted.
 
@@ -78,7 +91,7 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarra
     """
     height, width, channels = shape
     try:
-        with Image.open(path) as image:
+        with open_quietly(path) as image:
             conversions = []
             frames = getattr(image, "n_frames", 1)
             if frames > 1:

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -73,6 +74,15 @@ def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 2x this refuses 300x300
     with pytest.raises(predict.ImageError, match="refused as too large"):
         predict.load_image(path, MNIST_SHAPE)
+
+
+def test_a_very_large_image_is_resized_with_a_note_and_no_warning(tmp_path, monkeypatch):
+    path = save(np.zeros((300, 300), np.uint8), tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # Pillow warns over this, refuses 2x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        image, conversions = predict.load_image(path, MNIST_SHAPE)
+    assert image.shape == MNIST_SHAPE and conversions == ["resized 300x300 to 28x28"]
 
 
 def test_inputs_expand_from_directories_and_patterns(tmp_path):
