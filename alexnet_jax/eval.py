@@ -6,6 +6,7 @@ the data dir the run used unless --data-dir says otherwise.
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from alexnet_jax import checkpoint, compilation_cache, outputs
@@ -36,11 +37,17 @@ def main(argv=None):
         metavar="PIXELS",
         help="average with views shifted this far up, down, left and right (TTA)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the results as JSON to FILE, or only them, to stdout, with -",
+    )
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size={args.batch_size} must be at least 1")
-    if args.json:
+    if args.shift is not None and args.shift < 0:
+        raise UserError(f"--shift={args.shift} must be at least 0 (pixels)")
+    if args.json and args.json != "-":
         outputs.check_file(args.json, "--json")
     compilation_cache.enable()
 
@@ -63,10 +70,10 @@ def main(argv=None):
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
 
     shown = views(config.eval_flip, config.eval_shift)
-    print(f"{config.dataset}, {checkpoint.describe(trained, args.best)}, {len(shown)} view(s)")
-    print(format_result(result, class_names))
+    if args.json != "-":
+        print(f"{config.dataset}, {checkpoint.describe(trained, args.best)}, {len(shown)} view(s)")
+        print(format_result(result, class_names))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = result_json(
             result,
             class_names,
@@ -78,8 +85,13 @@ def main(argv=None):
             eval_shift=config.eval_shift,
             views=views(config.eval_flip, config.eval_shift),
         )
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        text = json.dumps(payload, indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text)
+            print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -140,14 +140,21 @@ def test_seeds_checks_every_seed_before_the_first_trains(tmp_path):
     assert list(tmp_path.iterdir()) == []  # seed 0 did not start
 
 
-@pytest.mark.parametrize("size", ["0", "-3"])
-def test_eval_refuses_a_batch_size_below_one_before_reading_anything(size, capsys):
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch-size", "0", "--batch-size=0 must be at least 1"),
+        ("--batch-size", "-3", "--batch-size=-3 must be at least 1"),
+        ("--shift", "-1", "--shift=-1 must be at least 0 (pixels)"),
+    ],
+)
+def test_eval_refuses_bad_numbers_before_reading_anything(option, value, message, capsys):
     from alexnet_jax import eval as eval_command
 
     with pytest.raises(SystemExit) as exit_info:
-        eval_command.main(["--ckpt", "no-such-run", "--batch-size", size])
+        eval_command.main(["--ckpt", "no-such-run", option, value])
     assert exit_info.value.code == 2
-    assert f"--batch-size={size} must be at least 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_a_command_option_written_as_a_config_field_names_the_option():

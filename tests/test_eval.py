@@ -58,6 +58,11 @@ def test_eval_cli_restores_a_run_without_its_command_line(
     assert report["num_examples"] == matrix.sum() == 10000
     assert report["accuracy"] == pytest.approx(np.trace(matrix) / 10000)
     assert report["epoch"] == 1 and len(report["per_class_accuracy"]) == 10
+    # With --json -, the same JSON and nothing else on stdout (as predict's), and no file "-".
+    monkeypatch.chdir(tmp_path)
+    eval_cli.main(["--ckpt", str(tiny_run), "--data-dir", str(shared_tfds), "--json", "-"])
+    assert json.loads(capsys.readouterr().out) == report
+    assert not (tmp_path / "-").exists()
 
 
 def test_eval_cli_on_a_path_that_is_not_a_checkpoint(tmp_path, capsys):
