@@ -131,9 +131,10 @@ def next_step(
     # The command that prepares it where this run looks for it.
     prepare = f"python -m alexnet_jax.prepare {versioned.split(':')[0]} --data-dir {data_dir}"
     if not download:
+        # Every command reads this, eval and report too, which take no --config options.
         raise UserError(
-            f"{where}: pass --data-dir to a prepared copy, or allow the download "
-            "(--config.download=true, or the make targets)"
+            f"{where}: pass --data-dir to a prepared copy, or download and prepare it there "
+            f"with `{prepare} --install`"
         )
     if processes > 1:
         raise UserError(

@@ -61,8 +61,11 @@ def test_without_tensorflow_the_extra_is_installed_only_when_allowed():
 
 
 def test_a_missing_dataset_without_download_names_the_option():
+    # A command that any command can run (eval and report take no --config options).
     with pytest.raises(
-        UserError, match=r"not prepared in /data: pass --data-dir .*--config.download=true"
+        UserError,
+        match=r"not prepared in /data: pass --data-dir .*`python -m alexnet_jax.prepare mnist "
+        r"--data-dir /data --install`",
     ):
         decide("missing", download=False, has_tensorflow=True, install=True)
 
