@@ -46,9 +46,14 @@ FINGERPRINT_VERSION = 1
 
 class ReadOnlyNotices(logging.Filter):
     """Orbax announces each read-only opening, which eval, predict, report and export ask for,
+    and each save without an evaluation to rank it by (a model imported from Keras has none),
     with warnings the user cannot act on: they are dropped."""
 
-    NOTICES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+    NOTICES = (
+        "CheckpointManagerOptions.read_only=True",
+        "Given directory is read only",
+        "Requested `tracked_metric`; did not provide metrics.",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.NOTICES)

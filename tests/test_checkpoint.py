@@ -53,6 +53,17 @@ def test_reading_a_run_says_nothing_of_its_own(saved_run, capfd):
     assert "read only" not in err and "read_only" not in err, err
 
 
+def test_saving_without_an_evaluation_says_nothing_of_orbax(tmp_path, caplog):
+    # As the Keras import saves its checkpoint 0: Orbax warned that no metric ranks it.
+    config = tiny_config()
+    checkpoints = Checkpoints(tmp_path)
+    with caplog.at_level("WARNING"):
+        checkpoints.save(0, new_state(config), config, [])
+        checkpoints.wait()
+    checkpoints.close()
+    assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()], caplog.text
+
+
 def test_keeps_the_last_n_and_the_best(tmp_path):
     config = tiny_config()
     state = new_state(config)
