@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import artifacts, checkpoint, preprocess
+from alexnet_jax import artifacts, checkpoint, outputs, preprocess
 from alexnet_jax.config import default_config, derive, validate
 from alexnet_jax.data import DATASETS, spec
 from alexnet_jax.errors import UserError, cli, first_line
@@ -648,6 +648,10 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
         raise UserError(f"--out {out}: a Keras 3 model file must end in .keras")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: pass a file name ending in .keras")
+    if out.exists():
+        # It may be the user's own Keras model, the very file a run was imported from.
+        raise UserError(f"--out {out} exists: delete it first, or name another file")
+    outputs.check_file(str(out), "--out")
     keras_model = _keras_model()
     trained = checkpoint.load_trained(ckpt, best, make_mesh(jax.devices()[:1]))
     config = trained.config

@@ -399,3 +399,14 @@ def test_export_wants_a_keras_file_name(imported, tmp_path, capsys):
         keras_io.main(["export", "--ckpt", str(imported[0]), "--out", str(tmp_path / "m.h5")])
     assert exit_info.value.code == 2
     assert "must end in .keras" in capsys.readouterr().err
+
+
+def test_export_leaves_an_existing_file_alone(imported, tmp_path, capsys):
+    # Perhaps the user's own Keras model: the one a run was imported from.
+    existing = tmp_path / "model.keras"
+    existing.write_bytes(b"the user's model")
+    with pytest.raises(SystemExit) as exit_info:
+        keras_io.main(["export", "--ckpt", str(imported[0]), "--out", str(existing)])
+    assert exit_info.value.code == 2
+    assert "exists: delete it first, or name another file" in capsys.readouterr().err
+    assert existing.read_bytes() == b"the user's model"
