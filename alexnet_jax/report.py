@@ -66,6 +66,7 @@ def write_report(
     mesh = make_mesh(devices)
     trained = checkpoint.load_trained(run_dir, best, mesh)
     config = trained.config
+    print(f"{config.dataset}, {checkpoint.describe(trained, best)}")  # which checkpoint, as eval
     shown_config = config.to_dict()  # as trained, before --data-dir
     if data_dir:
         config.data_dir = data_dir

@@ -89,10 +89,16 @@ def test_report_of_a_run_on_the_real_test_split(mnist_report):
     assert cell(text, "devices").endswith("(cpu)")
 
 
-def test_report_evaluates_what_training_evaluated(tiny_run, cpu_devices, tmp_path):
+def test_report_evaluates_what_training_evaluated(tiny_run, cpu_devices, tmp_path, capsys):
     # The tiny run's last evaluation was of this same synthetic test split.
     dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
-    path = report.write_report(tiny_run, dataset, devices=cpu_devices[:2], out=tmp_path / "r.html")
+    path = report.write_report(
+        tiny_run, dataset, best=True, devices=cpu_devices[:2], out=tmp_path / "r.html"
+    )
+    # Which checkpoint it reports, and for --best how it was chosen, as eval says.
+    assert capsys.readouterr().out.startswith(
+        f"mnist, epoch 1 of {tiny_run}/checkpoints, the best by "
+    )
     text = path.read_text()
     assert cell(text, "test accuracy") == cell(text, "top-1 accuracy")
     assert cell(text, "test images") == "32"
