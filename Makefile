@@ -92,8 +92,8 @@ tensorboard: install
 	$(BIN)/tensorboard --logdir $(WORKDIR) $(ARGS)
 
 summary: install
-	$(BIN)/python -m alexnet_jax.summary --dataset cifar10
-	$(BIN)/python -m alexnet_jax.summary --dataset mnist
+	$(BIN)/python -m alexnet_jax.summary --dataset cifar10 $(ARGS)
+	$(BIN)/python -m alexnet_jax.summary --dataset mnist $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)

@@ -178,7 +178,8 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
             checkpoints.wait()
 
     if result is None:  # nothing left to train: the run was complete already
-        log(f"{run_dir} is complete ({config.num_epochs} epochs); evaluating it again")
+        epochs = f"{config.num_epochs} epoch{'s' if config.num_epochs != 1 else ''}"
+        log(f"{run_dir} is complete ({epochs}); evaluating it again")
         result = run.evaluate(state)
     if is_primary():
         write(checkpoints, artifacts.write_history, run_dir, history)
