@@ -20,7 +20,6 @@ space-to-depth first convolution), dtype `f32` or `bf16`, e.g. `s2d-bf16-k8`.
 
 import argparse
 import itertools
-import json
 import re
 import statistics
 import sys
@@ -347,20 +346,8 @@ def run_all(args) -> dict:
                 results.append({"name": name, **result})
                 print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
                 if args.out:
-                    write_json(document, args.out, quiet=True)
+                    outputs.write_json(document, args.out, quiet=True)
     return document
-
-
-def write_json(document: dict, path: str | None, quiet: bool = False) -> None:
-    """`document` as JSON to `path`, whole or not at all (a temporary file renamed into place)."""
-    if path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.partial")
-        temporary.write_text(json.dumps(document, indent=2) + "\n")
-        temporary.replace(target)
-        if not quiet:
-            print(f"wrote {path}")
 
 
 @cli
@@ -382,7 +369,7 @@ def main(argv=None):
         if "profile" in result:
             profile = result["profile"]
             print(f"traced {profile['steps']} training steps of {result['name']}: {profile['dir']}")
-    write_json(document, args.out)
+    outputs.write_json(document, args.out)
 
 
 if __name__ == "__main__":

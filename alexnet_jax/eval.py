@@ -5,9 +5,6 @@ the data dir the run used unless --data-dir says otherwise.
 """
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 from alexnet_jax import checkpoint, compilation_cache, outputs
 from alexnet_jax.config import validate
@@ -85,13 +82,7 @@ def main(argv=None):
             eval_shift=config.eval_shift,
             views=views(config.eval_flip, config.eval_shift),
         )
-        text = json.dumps(payload, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text)
-            print(f"wrote {args.json}")
+        outputs.write_json(payload, args.json)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ temporary file where the result will go. Nothing else is created: the folders a 
 made when the result is written.
 """
 
+import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +28,25 @@ def check_folder(path: str, option: str) -> None:
     if target.exists() and not target.is_dir():
         raise UserError(f"{option} {path} is a file: name a folder")
     _check_writable(target, f"{option} {path}")
+
+
+def write_json(document: dict, path: str | None, quiet: bool = False) -> None:
+    """`document` as JSON: to stdout alone when `path` is "-", else to the file `path` (its
+    folders made), whole or not at all (a temporary file renamed into place), saying so unless
+    `quiet`. Nothing when `path` is empty."""
+    if not path:
+        return
+    text = json.dumps(document, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.partial")
+    temporary.write_text(text)
+    temporary.replace(target)
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def _check_writable(folder: Path, what: str) -> None:

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import functools
 import glob
-import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -262,13 +261,7 @@ def main(argv=None) -> int:
             epoch=trained.epoch,
             partial=trained.progress,
         )
-        text = json.dumps(payload, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text)
-            print(f"wrote {args.json}")
+        outputs.write_json(payload, args.json)
     failed = sum(p.error is not None for p in predictions)
     if failed:
         print(f"{failed} of {len(predictions)} inputs failed", file=sys.stderr)

@@ -142,7 +142,7 @@ def main(argv=None):
         f"on {result['devices']} x {document['device_kind']}{cache_note(result)}"
     )
     if args.out:
-        bench.write_json(document, args.out)
+        outputs.write_json(document, args.out)
     return 0 if result["reached"] else 1
 
 

@@ -27,7 +27,7 @@ import time
 
 import jax
 
-from alexnet_jax import bench, keras_model  # keras_model starts Keras on the JAX backend
+from alexnet_jax import bench, keras_model, outputs  # keras_model starts Keras on JAX
 from alexnet_jax.config import load_config
 from alexnet_jax.data import spec, synthetic_dataset
 from alexnet_jax.errors import UserError, cli
@@ -231,7 +231,7 @@ def main(argv=None):
         f"keras {document['keras']}, {document['date']}"
     )
     print(format_table(document))
-    bench.write_json(document, args.out)
+    outputs.write_json(document, args.out)
 
 
 if __name__ == "__main__":
