@@ -225,7 +225,7 @@ def test_a_running_training_holds_its_directory_is_readable_and_stops_promptly(
         report.write_report(run, dataset=tiny, devices=cpu_devices[:1], out=tmp_path / "r.html")
         export.main(["--ckpt", str(run), "--out", str(tmp_path / "export"), "--platforms", "cpu"])
         printed = capsys.readouterr().out
-        assert len(re.findall(r"mnist, epoch \d+ of ", printed)) == 3, printed  # three commands
+        assert len(re.findall(r"mnist, epoch \d+ of ", printed)) == 4, printed  # four commands
         assert (tmp_path / "r.html").stat().st_size > 0
 
         # A stop a few steps into an epoch: the calls already dispatched are at most two, so it
