@@ -345,8 +345,7 @@ def run_all(args) -> dict:
                 )
                 results.append({"name": name, **result})
                 print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-                if args.out:
-                    outputs.write_json(document, args.out, quiet=True)
+                outputs.write_json(document, args.out, quiet=True)
     return document
 
 
@@ -356,8 +355,7 @@ def main(argv=None):
     add_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     args.overrides = overrides_from(rest)
-    if args.out:
-        outputs.check_file(args.out, "--out")
+    outputs.check_file(args.out, "--out")
     document = run_all(args)
     env = {k: document[k] for k in ("device_kind", "device_count", "jax", "date")}
     print(

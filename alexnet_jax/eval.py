@@ -44,8 +44,7 @@ def main(argv=None):
         raise UserError(f"--batch-size={args.batch_size} must be at least 1")
     if args.shift is not None and args.shift < 0:
         raise UserError(f"--shift={args.shift} must be at least 0 (pixels)")
-    if args.json and args.json != "-":
-        outputs.check_file(args.json, "--json")
+    outputs.check_file(args.json, "--json")
     compilation_cache.enable()
 
     mesh = make_mesh()

@@ -14,8 +14,11 @@ from pathlib import Path
 from alexnet_jax.errors import UserError
 
 
-def check_file(path: str, option: str) -> None:
-    """Refuse an output file that could not be written: a folder, or a place that refuses."""
+def check_file(path: str | None, option: str) -> None:
+    """Refuse an output file that could not be written: a folder, or a place that refuses.
+    Nothing to check when `path` is empty or "-" (stdout), as for `write_json`."""
+    if not path or path == "-":
+        return
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{option} {path} is a folder: name a file, such as {target / 'out.json'}")

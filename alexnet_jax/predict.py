@@ -238,8 +238,7 @@ def main(argv=None) -> int:
         raise UserError(f"--batch-size={args.batch_size} must be at least 1")
     if args.json and Path(args.json).suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"--json {args.json} looks like an image: pass a .json file, or - ")
-    if args.json and args.json != "-":
-        outputs.check_file(args.json, "--json")
+    outputs.check_file(args.json, "--json")
     compilation_cache.enable()
 
     # One device is plenty for a few images, and keeps the batch padding simple.

@@ -4,12 +4,12 @@ Trains from scratch with an experiment's config, evaluating the test split after
 until the test accuracy reaches the target (default: CIFAR-10 0.90, MNIST 0.995) or the
 config's epochs run out. Prints the wall-clock seconds split into data loading (JAX's start on
 the devices, reading the dataset and placing it, and the fresh state on the devices, each also
-apart), compilation (ahead of time, of the
-training and evaluation programs) and training (the epochs, their evaluations included), with
-how many programs came from the persistent compilation cache (a machine's later runs of a config
-load what its first one compiled; `JAX_COMPILATION_CACHE_DIR=` turns the cache off), and writes
-them as JSON. Nothing is saved: no checkpoints, plots or run directory. The learning rate
-schedule is the config's, over its `num_epochs` (`--config.num_epochs=N` shortens it).
+apart), compilation (ahead of time, of the training and evaluation programs) and training (the
+epochs, their evaluations included), with how many programs came from the persistent
+compilation cache (a machine's later runs of a config load what its first one compiled;
+`JAX_COMPILATION_CACHE_DIR=` turns the cache off), and writes them as JSON. Nothing is saved:
+no checkpoints, plots or run directory. The learning rate schedule is the config's, over its
+`num_epochs` (`--config.num_epochs=N` shortens it).
 Exit status 0 when the target was reached, 1 when it was not.
 """
 
@@ -123,8 +123,7 @@ def main(argv=None):
     parser.add_argument("--out", help="write the result as JSON to this file")
     args, rest = parser.parse_known_args(argv)
     config = config_from_command_line(args.config, rest, args.data_dir)
-    if args.out:
-        outputs.check_file(args.out, "--out")
+    outputs.check_file(args.out, "--out")
     compilation_cache.enable()
     target = TARGETS.get(config.dataset) if args.target is None else args.target
     if not 0 < target <= 1:
@@ -141,8 +140,7 @@ def main(argv=None):
         f"{result['compile_seconds']:.1f} s, training {result['training_seconds']:.1f} s "
         f"on {result['devices']} x {document['device_kind']}{cache_note(result)}"
     )
-    if args.out:
-        outputs.write_json(document, args.out)
+    outputs.write_json(document, args.out)
     return 0 if result["reached"] else 1
 
 

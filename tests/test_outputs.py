@@ -7,8 +7,11 @@ from alexnet_jax import export, outputs, seeds, tta
 from alexnet_jax.errors import UserError
 
 
-def test_a_file_in_folders_yet_to_be_made_passes_and_nothing_is_made(tmp_path):
+def test_a_file_in_folders_yet_to_be_made_passes_and_nothing_is_made(tmp_path, monkeypatch):
     outputs.check_file(str(tmp_path / "a" / "b" / "result.json"), "--json")
+    monkeypatch.chdir(tmp_path)
+    for nothing_to_write in (None, "", "-"):  # no option, or stdout, as write_json takes them
+        outputs.check_file(nothing_to_write, "--json")
     outputs.check_folder(str(tmp_path / "c" / "d"), "--out")
     assert list(tmp_path.iterdir()) == []
 
