@@ -69,8 +69,9 @@ def silence_failed_read_leftovers() -> None:
     asyncio event loop while TensorStore's reads of the other arrays are still in flight. As
     each of them ends, TensorStore's thread finds the loop closed and prints a traceback
     ("RuntimeError: Event loop is closed"), and the coroutines and tasks left unfinished print
-    theirs when collected: hundreds of lines, after the one-line error or the warning that the
-    checkpoint was moved aside. Those are dropped from then on; any other error still prints.
+    theirs when collected: hundreds of lines, around the one-line error or the warning that the
+    checkpoint was moved aside. Those are dropped from the first read on (some print before the
+    failed restore returns); any other error still prints.
     """
     if getattr(sys.excepthook, "silences_failed_reads", False):
         return
@@ -444,10 +445,11 @@ class Checkpoints:
         return target
 
     def _read(self, id: int, partial: bool, **items):
+        # Before the read, not after its failure: the leftovers may print while it fails.
+        silence_failed_read_leftovers()
         try:
             return self._manager_of(partial).restore(id, args=ocp.args.Composite(**items))
         except Exception as e:  # TensorStore, JSON and Orbax raise many kinds here
-            silence_failed_read_leftovers()
             # TensorStore's message goes on with a dump of its internals: the first part says it.
             why = first_line(e).split(" See full TensorStore details")[0].rstrip(". ")
             raise self._corrupt(id, partial, why) from e
