@@ -48,6 +48,7 @@ def hold(run_dir: Path, checkpoint_bytes: int):
     it. Then `prepare`, and Orbax's messages go to LIBRARY_LOG for as long as it is held.
     """
     refuse_a_run_as_workdir(run_dir)
+    made = missing_folders(run_dir)
     create(run_dir)
     lock = RunLock(run_dir / LOCK)
     holder = lock.acquire() if is_primary() else None
@@ -61,40 +62,75 @@ def hold(run_dir: Path, checkpoint_bytes: int):
         prepare(run_dir, checkpoint_bytes)
         with library_log(run_dir / log_name()):
             yield
+    except BaseException:
+        if lock.held:  # a new run that failed before it wrote anything leaves no empty folders
+            remove_unused(made, lock)
+        raise
     finally:
         lock.release()
+
+
+def missing_folders(run_dir: Path) -> list[Path]:
+    """The folders from `run_dir` up that do not exist yet, deepest first."""
+    return [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+
+
+def remove_unused(made: list[Path], lock: "RunLock") -> None:
+    """Remove the folders this training made when they hold nothing but the lock and an empty
+    checkpoints folder; anything else in them (a log, a checkpoint) keeps them all."""
+    if not made:
+        return
+    run_dir = made[0]
+    contents = {path.name for path in run_dir.iterdir()}
+    if not contents <= {LOCK, CHECKPOINTS} or any((run_dir / CHECKPOINTS).glob("*")):
+        return
+    with contextlib.suppress(OSError):
+        (run_dir / CHECKPOINTS).rmdir()
+        lock.release()  # removes the lock file
+        for folder in made:
+            folder.rmdir()  # fails, and stops, at the first that another process wrote into
 
 
 class RunLock:
     """An exclusive `flock` on a file, which records who holds it.
 
-    The kernel releases it when the holder ends, killed or not, so no stale lock is left.
+    The kernel releases it when the holder ends, killed or not, so no stale lock is left. Its
+    holder removes the file when it releases it, so a file that another process opened just
+    before is no longer the lock: `acquire` takes a lock only on the file the path names.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._fd = None
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def acquire(self) -> str | None:
         """Take the lock: None, or a description of its holder when another process has it."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            where = self.path.parent
-            raise UserError(f"cannot write to the run directory {where}: {e.strerror}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return self.holder(self.path)
-        except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unlocked
-            os.close(fd)
-            print(
-                f"warning: cannot lock {self.path} ({e.strerror}): a second training in "
-                f"{self.path.parent} would not be refused",
-                flush=True,
-            )
-            return None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                where = self.path.parent
+                raise UserError(f"cannot write to the run directory {where}: {e.strerror}") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return self.holder(self.path)
+            except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unlocked
+                os.close(fd)
+                print(
+                    f"warning: cannot lock {self.path} ({e.strerror}): a second training in "
+                    f"{self.path.parent} would not be refused",
+                    flush=True,
+                )
+                return None
+            if self.names(fd):
+                break
+            os.close(fd)  # its holder removed it as we took it: the next one is the lock
         started = datetime.datetime.now().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
@@ -109,9 +145,20 @@ class RunLock:
             text = ""
         return text or "a process that has not yet said which"
 
+    def names(self, fd: int) -> bool:
+        """Whether the path still names the open file `fd`."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
+        """Remove the file, then let go of the lock: a finished run leaves no lock file."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            try:
+                self.path.unlink()
+            except OSError:  # a folder that allows no removal: emptied, as a sign it is free
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
 

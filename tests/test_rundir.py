@@ -134,6 +134,46 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
         assert not (run / "mnist").exists()  # nothing made inside the run
 
 
+class Missing:
+    """A dataset that is not there: reading it fails as a missing TFDS copy does."""
+
+    def __getattr__(self, name):
+        raise UserError("mnist:3.0.1 is not prepared")
+
+
+def test_a_new_run_that_fails_before_writing_anything_leaves_no_folders_behind(tmp_path):
+    config = tiny_config(num_epochs=1)
+    with pytest.raises(UserError, match="is not prepared"):
+        train.train_and_evaluate(config, tmp_path / "new" / "runs", Missing())
+    assert list(tmp_path.iterdir()) == []  # neither runs/mnist, its lock, nor new/runs
+
+    # A folder that was there before stays, and so does one with something else in it.
+    (tmp_path / "runs" / "mnist").mkdir(parents=True)
+    with pytest.raises(UserError, match="is not prepared"):
+        train.train_and_evaluate(config, tmp_path / "runs", Missing())
+    assert os.listdir(tmp_path / "runs" / "mnist") == ["checkpoints"]
+
+
+def test_a_finished_run_leaves_no_lock_file(tiny_run):
+    assert tiny_run.is_dir() and not (tiny_run / LOCK).exists()
+
+
+def test_a_lock_file_removed_by_its_holder_as_it_is_taken_is_not_the_lock(tmp_path):
+    path = tmp_path / LOCK
+    first, second = RunLock(path), RunLock(path)
+    assert first.acquire() is None
+    late = os.open(path, os.O_RDWR)  # opened just before the holder removes it and lets go
+    first.release()
+    assert not path.exists()
+    try:
+        assert not second.names(late)  # a lock on it would lock nothing the path names
+        assert second.acquire() is None and second.names(second._fd)
+        assert "pid" in RunLock.holder(path)
+    finally:
+        os.close(late)
+        second.release()
+
+
 def test_a_disk_that_fills_during_a_save_ends_the_run_with_one_line_naming_that_save(tmp_path):
     # Room for one checkpoint of the tiny run (about 155 MiB once trained) but not two: the
     # write of epoch 2's fails in Orbax's threads while epoch 3 trains.
