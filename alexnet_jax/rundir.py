@@ -40,7 +40,7 @@ LIBRARY_LOG = "library.log"
 
 
 @contextlib.contextmanager
-def hold(run_dir: Path, checkpoint_bytes: int):
+def hold(run_dir: Path, checkpoint_bytes: int, image_size: int):
     """Hold `run_dir` for one training, or refuse now, before any data is read.
 
     Process 0 holds the lock for all processes of a run (they share the directory). A second
@@ -59,7 +59,7 @@ def hold(run_dir: Path, checkpoint_bytes: int):
                 f"{run_dir} is in use by another training ({holder}): wait for it to end or "
                 "stop it, or pass another --workdir"
             )
-        prepare(run_dir, checkpoint_bytes)
+        prepare(run_dir, checkpoint_bytes, image_size)
         with library_log(run_dir / log_name()):
             yield
     except BaseException:
@@ -85,7 +85,8 @@ def remove_unused(made: list[Path], lock: "RunLock") -> None:
     if not contents <= {LOCK, CHECKPOINTS} or any((run_dir / CHECKPOINTS).glob("*")):
         return
     with contextlib.suppress(OSError):
-        (run_dir / CHECKPOINTS).rmdir()
+        if CHECKPOINTS in contents:
+            (run_dir / CHECKPOINTS).rmdir()
         lock.release()  # removes the lock file
         for folder in made:
             folder.rmdir()  # fails, and stops, at the first that another process wrote into
@@ -182,8 +183,9 @@ def create(run_dir: Path) -> None:
         raise UserError(f"cannot write to the run directory {run_dir}: {e.strerror}") from e
 
 
-def prepare(run_dir: Path, checkpoint_bytes: int) -> None:
-    """Fail now, not after an epoch, if the run directory cannot be written or is full."""
+def prepare(run_dir: Path, checkpoint_bytes: int, image_size: int) -> None:
+    """Fail now, not after an epoch, if the run directory cannot be written or is full (the
+    message names the image size, which sets the first dense layer's and so the state's size)."""
     try:
         create(run_dir)
         probe = run_dir / f".write-test-{jax.process_index()}"
@@ -191,12 +193,16 @@ def prepare(run_dir: Path, checkpoint_bytes: int) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the run directory {run_dir}: {e.strerror}") from e
-    free = shutil.disk_usage(run_dir).free
+    disk = shutil.disk_usage(run_dir)
     needed = int(checkpoint_bytes * 1.2) + (16 << 20)  # a checkpoint, its metadata and plots
-    if free < needed:
+    if disk.free < needed:
+        fix = "free disk space or use another --workdir"
+        if needed > disk.total:
+            whole = disk.total >> 20
+            fix = f"that is more than the whole disk ({whole} MiB): use a smaller image_size"
         raise UserError(
-            f"only {free >> 20} MiB free in {run_dir}, and a checkpoint needs about "
-            f"{needed >> 20} MiB: free disk space or use another --workdir"
+            f"only {disk.free >> 20} MiB free in {run_dir}, and a checkpoint of the model at "
+            f"image_size {image_size} needs about {needed >> 20} MiB: {fix}"
         )
 
 

@@ -63,7 +63,7 @@ def train_and_evaluate(
     # The run directory first: whatever is wrong there (another training in it, no write
     # access, no room, a run of other settings) is reported before any data is read.
     checkpoint_bytes = rundir.state_bytes(abstract_train_state(config, derive(config)))
-    with rundir.hold(run_dir, checkpoint_bytes):
+    with rundir.hold(run_dir, checkpoint_bytes, config.image_size):
         checkpoints = Checkpoints(run_dir / CHECKPOINTS, keep=config.keep_checkpoints)
         try:
             rundir.check_settings(checkpoints, config)

@@ -85,6 +85,7 @@ def wait_for(condition, process, what: str):
         "unwritable",
         "held",
         "no room",
+        "larger than the disk",
         "other settings",
         "checkpoints is a file",
         "a run as workdir",
@@ -96,7 +97,10 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
     expected = {
         "unwritable": "cannot write to the run directory",
         "held": rf"is in use by another training \(pid {os.getpid()} on host ",
-        "no room": r"only \d+ MiB free in .*, and a checkpoint needs about",
+        "no room": r"only \d+ MiB free in .*, and a checkpoint of the model at image_size 67 "
+        r"needs about \d+ MiB: free disk space or use another --workdir",
+        "larger than the disk": r"needs about \d+ MiB: that is more than the whole disk "
+        r"\(\d+ MiB\): use a smaller image_size",
         "other settings": r"other settings \(learning_rate: 0.5 -> 0.01\)",
         "checkpoints is a file": "cannot open the checkpoints",
         "a run as workdir": r"--workdir .*/mnist is a run's folder \(it holds checkpoints/\), .*"
@@ -112,7 +116,12 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
             assert holder.acquire() is None  # another open file: refused as another process is
             cleanup.callback(holder.release)
         elif problem == "no room":
-            # A real filesystem smaller than the tiny state's checkpoint (165 MiB of arrays).
+            # A real filesystem with room for the tiny state's checkpoint (165 MiB of arrays),
+            # but not that much free.
+            workdir = cleanup.enter_context(tmpfs(tmp_path / "small", 300))
+            with open(workdir / "filler", "wb") as filler:
+                filler.write(bytes(200 << 20))
+        elif problem == "larger than the disk":
             workdir = cleanup.enter_context(tmpfs(tmp_path / "small", 100))
         elif problem == "other settings":
             other = tiny_config(num_epochs=1, learning_rate=0.5)
@@ -128,6 +137,8 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
             (run / "checkpoints").write_text("not a folder")
         with pytest.raises(UserError, match=expected):
             train.train_and_evaluate(config, workdir, Unread())
+        if problem in ("no room", "larger than the disk"):
+            assert not (workdir / "mnist").exists()  # the refused new run left no folder
     if problem == "held":  # released: the next training may have it
         assert RunLock(run / LOCK).acquire() is None
     if problem == "a run as workdir":

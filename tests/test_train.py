@@ -373,9 +373,10 @@ def test_non_finite_steps_can_be_skipped(tiny_dataset, cpu_devices, tmp_path, mo
 def test_a_full_disk_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: usage._replace(free=50 << 20))
-    with pytest.raises(UserError, match=r"only 50 MiB free in .*, and a checkpoint needs about"):
+    message = r"only 50 MiB free in .*, and a checkpoint of the model at image_size 67 needs"
+    with pytest.raises(UserError, match=message):
         train.train_and_evaluate(tiny_config(), tmp_path, tiny_dataset)
-    assert not (tmp_path / "mnist" / "checkpoints").exists()
+    assert not (tmp_path / "mnist").exists()
 
 
 def test_a_failing_save_keeps_the_previous_checkpoint(
