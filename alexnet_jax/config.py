@@ -32,7 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "cifar10"
     c.data_dir = config_dict.placeholder(str)  # None: TFDS's default ($TFDS_DATA_DIR)
     c.download = True  # prepare the dataset when it is absent (needs network and TensorFlow)
-    c.train_examples = 0  # use only the first N training images; 0: all
+    c.train_examples = 0  # use only the first N training images (at most all); 0: all
     c.validation_examples = 0  # hold out the last N training images and evaluate on them
     c.image_size = 224  # the seed resizes every image to 224x224
     # bfloat16 on accelerators, float32 on CPU; or name one. No float16: without loss scaling

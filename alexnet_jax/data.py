@@ -130,7 +130,8 @@ def training_plan(num_train: int, config, process_count: int = 1):
     """Index ranges of the training split: (each process's training shard, held-out range).
 
     The last `validation_examples` images are held out; of the rest, the first
-    `train_examples` (all when 0) are split into contiguous, nearly equal shards.
+    `train_examples` (all when 0; more than there are is refused) are split into contiguous,
+    nearly equal shards.
     """
     held_out = config.validation_examples
     if held_out >= num_train:
@@ -138,8 +139,14 @@ def training_plan(num_train: int, config, process_count: int = 1):
             f"validation_examples={held_out} leaves no training images out of {num_train}"
         )
     stop = num_train - held_out
+    if config.train_examples > stop:  # refused, not capped: the run would not be what it says
+        left = f" left after validation_examples={held_out}" if held_out else ""
+        raise UserError(
+            f"train_examples={config.train_examples} is more than the {stop} training images "
+            f"of {config.dataset}{left}: pass at most {stop}, or 0 for all of them"
+        )
     if config.train_examples:
-        stop = min(stop, config.train_examples)
+        stop = config.train_examples
     shards = [
         (stop * p // process_count, stop * (p + 1) // process_count) for p in range(process_count)
     ]

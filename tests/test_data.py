@@ -123,10 +123,14 @@ def test_training_and_validation_ranges_never_overlap(size, train, held_out, pro
         with pytest.raises(UserError, match=f"validation_examples={held_out} leaves no training"):
             training_plan(size, config, processes)
         return
+    if train > size - held_out:
+        with pytest.raises(UserError, match=f"train_examples={train} is more than the "):
+            training_plan(size, config, processes)
+        return
     shards, validation = training_plan(size, config, processes)
     # The validation images are the last `validation_examples`; training takes the first
     # `train_examples` (all when 0) of the rest, in contiguous shards of nearly equal size.
-    stop = min(train or size, size - held_out)
+    stop = train or size - held_out
     assert validation == ((size - held_out, size) if held_out else None)
     assert [index for a, b in shards for index in range(a, b)] == list(range(stop))
     sizes = [b - a for a, b in shards]
