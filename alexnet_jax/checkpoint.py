@@ -59,7 +59,40 @@ class ReadOnlyNotices(logging.Filter):
         return not str(record.msg).startswith(self.NOTICES)
 
 
-logging.getLogger("absl").addFilter(ReadOnlyNotices())  # Orbax logs through absl's logger
+class SaveRecordNotices(logging.Filter):
+    """Orbax reads each checkpoint's _CHECKPOINT_METADATA (when it was saved) as it lists them,
+    and logs an ERROR, with the whole file, for one that is damaged or gone. The checkpoint reads
+    without it, so one warning line per file says so instead."""
+
+    NOTICES = {
+        "Metadata file does not exist": "is missing",
+        "Failed to read Metadata file": "cannot be read",
+        "Failed to json parse Metadata file": "is damaged (not JSON)",
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.said = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        what = next((v for k, v in self.NOTICES.items() if str(record.msg).startswith(k)), None)
+        if what is None:
+            return True
+        path = str(record.args[0]) if record.args else "a checkpoint's save record"
+        if path not in self.said:
+            self.said.add(path)
+            print(
+                f"warning: {path} {what}; it only records when that checkpoint was saved, "
+                "and the checkpoint is read without it",
+                file=sys.stderr,
+                flush=True,
+            )
+        return False
+
+
+# Orbax logs through absl's logger.
+logging.getLogger("absl").addFilter(ReadOnlyNotices())
+logging.getLogger("absl").addFilter(SaveRecordNotices())
 
 
 def silence_failed_read_leftovers() -> None:

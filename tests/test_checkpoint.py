@@ -121,6 +121,30 @@ def restore(directory, config):
     return Checkpoints(directory, read_only=True).restore(1, new_state(config), make_mesh())
 
 
+@pytest.mark.parametrize("damage", ["missing", "not JSON"])
+def test_a_damaged_save_record_is_one_warning_and_the_checkpoint_still_reads(
+    saved_run, damage, capfd, caplog
+):
+    # Orbax logged an ERROR with the whole file for each listing of the checkpoints.
+    directory, config, saved = saved_run
+    record = directory / "1" / "_CHECKPOINT_METADATA"
+    if damage == "missing":
+        record.unlink()
+    else:
+        record.write_text("garbage{" * 1000)
+    capfd.readouterr()
+    with caplog.at_level("INFO"):
+        restored, _ = restore(directory, config)
+        restore(directory, config)  # a second reading of the run says nothing more
+    err = capfd.readouterr().err
+    assert not [r for r in caplog.records if "Metadata file" in r.getMessage()], caplog.text
+    said = "is missing" if damage == "missing" else "is damaged (not JSON)"
+    assert err.count(f"warning: {record} {said}; it only records when") == 1, err
+    assert "garbage" not in err and len(err.splitlines()) == 1, err
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_flipped_bit_in_the_arrays_is_refused(saved_run):
     directory, config, _ = saved_run
     data = largest_file(directory / "1" / "state")
