@@ -1,5 +1,6 @@
 """User-facing errors: one line saying what is wrong and what to do."""
 
+import errno
 import functools
 import sys
 
@@ -14,7 +15,8 @@ def cli(main):
     (Or with the error's own `exit_code`, as an interrupted run does; Ctrl-C outside training's
     own handling exits with 130, the shell's status for it, without a traceback. Running out of
     device memory, which a batch or image too large for the device causes, is one line too,
-    with status 1; checkpoints already written are whole, as after any failure.)
+    with status 1; checkpoints already written are whole, as after any failure. So is a disk
+    that fills.)
     """
 
     @functools.wraps(main)
@@ -32,6 +34,17 @@ def cli(main):
         except KeyboardInterrupt:  # Ctrl-C before training installs its own handler, or twice
             print("error: stopped by SIGINT", file=sys.stderr)
             sys.exit(130)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A disk that filled while a command wrote: its writes are atomic or removed.
+            where = f" writing {e.filename}" if e.filename else ""
+            print(
+                f"error: no space left on the disk{where}: free disk space and run the command "
+                "again",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         except Exception as e:
             if not out_of_memory(e):
                 raise

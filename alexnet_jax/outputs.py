@@ -44,10 +44,15 @@ def write_json(document: dict, path: str | None, quiet: bool = False) -> None:
         sys.stdout.write(text)
         return
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.partial")
-    temporary.write_text(text)
-    temporary.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text)
+        temporary.replace(target)
+    except OSError as e:  # a disk that filled since the check: the old file, if any, is whole
+        temporary.unlink(missing_ok=True)
+        fix = "free disk space or name another place"
+        raise UserError(f"cannot write {path} ({e.strerror or e}): {fix}") from e
     if not quiet:
         print(f"wrote {path}")
 

@@ -1,5 +1,6 @@
 """The command line shared by train, seeds, tta and bench: --config.FIELD options."""
 
+import errno
 import subprocess
 import sys
 
@@ -112,6 +113,22 @@ def test_running_out_of_device_memory_is_one_line_saying_what_to_lower(tmp_path)
     (line,) = done.stderr.splitlines()
     assert line.startswith("error: the devices ran out of memory (RESOURCE_EXHAUSTED: ")
     assert "--config.batch_size" in line and "--config.image_size" in line
+
+
+def test_a_full_disk_is_one_line_naming_the_file(capsys):
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/export/weights.npz")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(write)()
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "error: no space left on the disk writing /runs/x/export/weights.npz: free disk space "
+        "and run the command again"
+    )
+    with pytest.raises(FileNotFoundError):  # other errors of the system keep their traceback
+        cli(lambda: open("/nonexistent/file"))()
 
 
 def test_other_errors_of_xla_keep_their_traceback():

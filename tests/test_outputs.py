@@ -1,5 +1,8 @@
 """Output paths are refused before the work that would fill them (alexnet_jax.outputs)."""
 
+import errno
+import json
+
 import pytest
 
 from alexnet_jax import eval as eval_command
@@ -59,3 +62,21 @@ def test_commands_refuse_their_output_path_before_any_work(main, argv, tmp_path,
     error = capsys.readouterr().err
     # Refused for the path, before the checkpoint (which does not exist) or the data is read.
     assert error.startswith("error: --") and "no-such-run" not in error, error
+
+
+def test_a_disk_that_fills_as_json_is_written_keeps_the_old_file_and_leaves_no_partial(
+    tmp_path, monkeypatch
+):
+    target = tmp_path / "result.json"
+    outputs.write_json({"run": 1}, str(target), quiet=True)
+    write_text = type(target).write_text
+
+    def full(path, *args, **kwargs):
+        write_text(path, "{", *args[1:], **kwargs)  # part of it reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(type(target), "write_text", full)
+    with pytest.raises(UserError, match=r"cannot write .*result.json \(No space left on device\)"):
+        outputs.write_json({"run": 2}, str(target), quiet=True)
+    assert json.loads(target.read_text()) == {"run": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
