@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader
 from tensorflow_datasets.core import constants
 
-from alexnet_jax.errors import UserError, first_line
+from alexnet_jax.errors import UserError, cli, first_line
 
 PROJECT = "alexnet-jax"
 # What TFDS's preparation of these datasets imports beyond reading (the `prepare` extra).
@@ -168,6 +168,11 @@ def ensure_prepared(
     `install` allows; anything else ends with one line saying what to do.
     """
     versioned = f"{name}:{version}"
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise UserError(
+            f"the data dir {data_dir} is a file: pass --data-dir the folder that holds the "
+            "datasets (TFDS's data dir, with mnist/ and cifar10/ in it)"
+        )
     found = find(name, version, data_dir)
     step = next_step(
         found,
@@ -317,6 +322,11 @@ def copy_prepared(name: str, version: str, source_dir: str, data_dir: str) -> No
             if copied.stat().st_size != original.stat().st_size:
                 raise UserError(f"copying {original} to {copied} gave a different size")
         temporary.rename(target)
+    except OSError as e:
+        raise UserError(
+            f"cannot copy {versioned} into {data_dir} ({e.strerror or e}): free disk space, or "
+            "pass a --data-dir that can be written"
+        ) from e
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
@@ -328,11 +338,11 @@ def copy_prepared(name: str, version: str, source_dir: str, data_dir: str) -> No
     )
 
 
+@cli
 def main(argv=None):
     import argparse
 
     from alexnet_jax.data import default_data_dir, spec
-    from alexnet_jax.errors import cli
 
     parser = argparse.ArgumentParser(
         description="Prepare datasets that the data dir lacks; quiet when they are prepared."
@@ -351,20 +361,15 @@ def main(argv=None):
         help="copy a missing dataset from DIR, a prepared data dir, instead of downloading it",
     )
     args = parser.parse_args(argv)
-
-    @cli
-    def run():
-        data_dir = str(Path(args.data_dir or default_data_dir()).expanduser())
-        for name in args.datasets:
-            ensure_prepared(
-                name,
-                spec(name).version,
-                data_dir,
-                install=args.install,
-                copy_from=args.copy_from,
-            )
-
-    run()
+    data_dir = str(Path(args.data_dir or default_data_dir()).expanduser())
+    for name in args.datasets:
+        ensure_prepared(
+            name,
+            spec(name).version,
+            data_dir,
+            install=args.install,
+            copy_from=args.copy_from,
+        )
 
 
 if __name__ == "__main__":

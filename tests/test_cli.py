@@ -181,10 +181,11 @@ def test_a_command_option_written_as_a_config_field_names_the_option():
         config_from_command_line(QUICK, ["--config.workdir=runs"], None)
 
 
-def test_usage_names_the_command_as_it_is_typed():
+@pytest.mark.parametrize("command", ["eval", "prepare"])
+def test_usage_names_the_command_as_it_is_typed(command):
     done = subprocess.run(
-        [sys.executable, "-m", "alexnet_jax.eval", "--help"],
+        [sys.executable, "-m", f"alexnet_jax.{command}", "--help"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: python -m alexnet_jax.eval "), done.stdout[:200]
+    assert done.stdout.startswith(f"usage: python -m alexnet_jax.{command} "), done.stdout[:200]

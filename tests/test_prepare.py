@@ -5,6 +5,7 @@ from ../shared/tfds in temporary directories, and the reachability check talks t
 on this machine.
 """
 
+import errno
 import hashlib
 import re
 import shutil
@@ -173,6 +174,31 @@ def test_an_interrupted_copy_leaves_nothing_that_passes_for_the_dataset(
     assert copied  # it was interrupted after one file
     assert list((target / "mnist").iterdir()) == []
     assert prepare.find(*MNIST, str(target)).state == "missing"
+
+
+def test_a_disk_that_fills_during_a_copy_is_one_line_and_leaves_nothing(
+    shared_tfds, tmp_path, monkeypatch
+):
+    copied, copyfile = [], shutil.copyfile
+
+    def copy_then_fill(source, target):
+        if copied:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        copied.append(copyfile(source, target))
+
+    monkeypatch.setattr(prepare.shutil, "copyfile", copy_then_fill)
+    target = tmp_path / "target"
+    message = r"cannot copy mnist:3.0.1 into .*target \(No space left on device\): free disk"
+    with pytest.raises(UserError, match=message):
+        prepare.ensure_prepared(*MNIST, str(target), copy_from=str(shared_tfds))
+    assert list((target / "mnist").iterdir()) == []
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
+    data_dir = tmp_path / "tfds"
+    data_dir.write_text("not a folder")
+    with pytest.raises(UserError, match=r"the data dir .*tfds is a file: pass --data-dir the"):
+        prepare.ensure_prepared(*MNIST, str(data_dir))
 
 
 def closed_port() -> int:
