@@ -168,12 +168,22 @@ def refuse_a_run_as_workdir(run_dir: Path) -> None:
     """A new run inside another run's folder is most likely a --workdir that names the run
     itself (runs/mnist for runs): refused, rather than training afresh in runs/mnist/mnist."""
     workdir = run_dir.parent
-    if not run_dir.exists() and (workdir / CHECKPOINTS).is_dir():
+    if run_dir.exists():
+        return
+    if (workdir / CHECKPOINTS).is_dir():
         raise UserError(
             f"--workdir {workdir} is a run's folder (it holds {CHECKPOINTS}/), and runs go to "
             f"WORKDIR/<dataset>/: pass --workdir {workdir.parent} to resume that run, or "
             "another folder for a new one"
         )
+    # Deeper inside a run (its checkpoints/, say): a run is told by its config.json beside
+    # checkpoints/, so that an unrelated checkpoints/ folder higher up is no run.
+    for folder in workdir.absolute().parents:
+        if (folder / CHECKPOINTS).is_dir() and (folder / "config.json").is_file():
+            raise UserError(
+                f"--workdir {workdir} lies inside the run {folder}: pass a folder outside it "
+                "for a new run"
+            )
 
 
 def create(run_dir: Path) -> None:

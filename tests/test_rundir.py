@@ -89,6 +89,7 @@ def wait_for(condition, process, what: str):
         "other settings",
         "checkpoints is a file",
         "a run as workdir",
+        "inside a run",
     ],
 )
 def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp_path):
@@ -105,6 +106,8 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
         "checkpoints is a file": "cannot open the checkpoints",
         "a run as workdir": r"--workdir .*/mnist is a run's folder \(it holds checkpoints/\), .*"
         r"pass --workdir \S+ to resume that run",
+        "inside a run": r"--workdir .*/mnist/checkpoints lies inside the run .*/mnist: pass a "
+        "folder outside it",
     }[problem]
     holder = RunLock(run / LOCK)
     with contextlib.ExitStack() as cleanup:
@@ -132,6 +135,10 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
         elif problem == "a run as workdir":  # runs/mnist passed where runs was meant
             (run / "checkpoints").mkdir(parents=True)
             workdir = run
+        elif problem == "inside a run":  # its checkpoints/ passed as a workdir
+            (run / "checkpoints").mkdir(parents=True)
+            (run / "config.json").write_text("{}")
+            workdir = run / "checkpoints"
         else:
             run.mkdir()
             (run / "checkpoints").write_text("not a folder")
@@ -141,8 +148,8 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
             assert not (workdir / "mnist").exists()  # the refused new run left no folder
     if problem == "held":  # released: the next training may have it
         assert RunLock(run / LOCK).acquire() is None
-    if problem == "a run as workdir":
-        assert not (run / "mnist").exists()  # nothing made inside the run
+    if problem in ("a run as workdir", "inside a run"):
+        assert not (workdir / "mnist").exists()  # nothing made inside the run
 
 
 class Missing:
