@@ -2,6 +2,7 @@
 
 import errno
 import functools
+import os
 import sys
 
 
@@ -26,6 +27,8 @@ def cli(main):
         launched = getattr(sys.modules.get("__main__"), "__spec__", None)
         if main.__module__ == "__main__" and launched is not None:
             sys.argv[0] = f"python -m {launched.name}"
+        if not args and "argv" not in kwargs:  # the command line: the shell's words
+            sys.argv[1:] = [expand_home(word) for word in sys.argv[1:]]
         try:
             return main(*args, **kwargs)
         except UserError as e:
@@ -57,6 +60,15 @@ def cli(main):
             sys.exit(1)
 
     return wrapper
+
+
+def expand_home(word: str) -> str:
+    """`--workdir=~/runs` as `--workdir=/home/me/runs`: the shell expands a ~ that begins a word
+    (`--workdir ~/runs`), not one after an option's `=`, which made a folder named ~."""
+    option, equals, value = word.partition("=")
+    if option.startswith("--") and equals and (value == "~" or value.startswith("~/")):
+        return f"{option}={os.path.expanduser(value)}"
+    return word
 
 
 def out_of_memory(error: BaseException) -> bool:

@@ -1,6 +1,7 @@
 """The command line shared by train, seeds, tta and bench: --config.FIELD options."""
 
 import errno
+import os
 import subprocess
 import sys
 
@@ -129,6 +130,19 @@ def test_a_full_disk_is_one_line_naming_the_file(capsys):
     )
     with pytest.raises(FileNotFoundError):  # other errors of the system keep their traceback
         cli(lambda: open("/nonexistent/file"))()
+
+
+def test_a_home_folder_after_an_option_s_equals_sign_is_expanded(monkeypatch):
+    # The shell leaves `--workdir=~/runs` as it is: train made a folder named ~.
+    home = os.path.expanduser("~")
+    typed = ["train", "--workdir=~/runs", "--config.data_dir=~", "--out", "~x", "a=~/b"]
+    monkeypatch.setattr(sys, "argv", list(typed))
+    assert cli(lambda: list(sys.argv))() == [
+        "train", f"--workdir={home}/runs", f"--config.data_dir={home}", "--out", "~x", "a=~/b"
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", list(typed))
+    cli(lambda argv=None: None)(["--workdir=~/runs"])  # a command called with its own argv
+    assert sys.argv == typed
 
 
 def test_other_errors_of_xla_keep_their_traceback():
