@@ -300,7 +300,10 @@ class Checkpoints:
     def _save(self, partial: bool, id: int, state, items: dict, metrics=None) -> None:
         # The save before must be on disk first, so that its failure is reported as its own.
         self.wait()
-        topology = {"num_processes": jax.process_count(), "num_devices": jax.device_count()}
+        # The devices the state is on (a run may train on fewer than the machine has).
+        devices = getattr(jax.tree.leaves(state)[0], "sharding", None)
+        devices = len(devices.device_set) if devices is not None else 1
+        topology = {"num_processes": jax.process_count(), "num_devices": devices}
         # Copies: Orbax writes them in the background while the caller goes on with its rows.
         items = json.loads(json.dumps({**items, "topology": topology}))
         integrity = {
@@ -457,7 +460,8 @@ class Checkpoints:
                     check(id, partial)
                 state, history = self.restore(id, abstract_state, mesh, partial)
                 progress = self.read_progress(id) if partial else None
-                return Restored(state, history, progress, self.path(id, partial))
+                topology = self.read_topology(id, partial)
+                return Restored(state, history, progress, self.path(id, partial), topology)
             except CorruptCheckpoint as e:
                 moved = self.quarantine(id, partial)
                 report(f"warning: {e}; moved it to {moved} and trying the one before")
@@ -505,6 +509,7 @@ class Restored:
     history: list[dict]
     progress: dict | None
     path: Path
+    topology: dict  # how many processes and devices wrote it
 
 
 def why_save_failed(error: BaseException) -> str:

@@ -269,7 +269,25 @@ def test_interrupted_run_resumes_to_the_same_parameters(
     )
     assert resumed_events == straight_events
     assert [step for step, _ in straight_events] == [2, 4, 6, 8, 10, 12]
-    assert '"best" is chosen on the test split' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert '"best" is chosen on the test split' in printed
+    assert "was written by a run on" not in printed  # resumed on the devices it was written on
+
+
+def test_resuming_on_another_device_count_says_it_is_not_bit_for_bit(
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch, capsys
+):
+    config = tiny_config(num_epochs=2)
+    train_until_interrupted(config, tmp_path, tiny_dataset, cpu_devices[:1], 1, monkeypatch)
+    capsys.readouterr()
+    history = train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2]).history
+    assert len(history) == 2
+    printed = capsys.readouterr().out
+    assert re.search(
+        r"note: \S+/checkpoints/1 was written by a run on 1 device\(s\), and this one has 2: it "
+        r"goes on as that run would up to rounding, not bit for bit",
+        printed,
+    ), printed
 
 
 def losses_in_tensorboard(run_dir):
