@@ -43,9 +43,9 @@ class Summary:
 
 def summarize(model: AlexNet, image_shape: tuple[int, int, int]) -> Summary:
     """Shapes and parameter counts per layer, computed abstractly (no weights are materialised)."""
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)  # no image is made either
     _, variables = jax.eval_shape(
-        lambda: model.init_with_output(jax.random.key(0), dummy, train=False, mutable=True)
+        lambda x: model.init_with_output(jax.random.key(0), x, train=False, mutable=True), images
     )
     outputs = variables[LAYER_OUTPUTS]["outputs"]
 

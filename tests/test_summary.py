@@ -73,3 +73,13 @@ def test_small_input_is_refused(capsys):
         main(["--dataset", "mnist", "--image-size", "50"])
     assert exit_info.value.code == 2
     assert "at least 67" in capsys.readouterr().err
+
+
+def test_a_huge_input_is_counted_without_making_an_image():
+    # The dummy image was made before the abstract pass: 120 GB at 100,000 px, out of memory.
+    rows = {row.name: row for row in summarize(AlexNet(), (100_000, 100_000, 3)).rows}
+    side = (100_000 - 11) // 4 + 1  # conv2d: 11x11, stride 4, no padding (224 -> 54)
+    for _ in range(3):
+        side = (side - 3) // 2 + 1  # each max-pooling: 3x3, stride 2 (54 -> 26 -> 12 -> 5)
+    assert rows["flatten"].output_shape == (None, side * side * 256)
+    assert rows["dense"].params == side * side * 256 * 4096 + 4096
