@@ -36,7 +36,12 @@ def cli(main):
             sys.exit(getattr(e, "exit_code", 2))
         except KeyboardInterrupt:  # Ctrl-C before training installs its own handler, or twice
             print("error: stopped by SIGINT", file=sys.stderr)
-            sys.exit(130)
+            # At once: a normal exit waits for the computation in flight on the devices (all of
+            # an evaluation). What the command had begun to write was cleaned up on the way
+            # here, and a checkpoint cut short is left as a kill leaves it: never in place.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

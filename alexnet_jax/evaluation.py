@@ -5,6 +5,7 @@ model is judged the same way everywhere.
 """
 
 import functools
+import time
 from dataclasses import dataclass
 
 import jax
@@ -180,6 +181,7 @@ class DeviceSplit:
 def evaluate(state: TrainState, split: DeviceSplit, evaluator, num_classes: int) -> EvalResult:
     """Run `evaluator` (from `make_evaluator`) over the whole split."""
     totals, predictions = evaluator(state, split.batches)
+    wait_for((totals, predictions))
     totals = jax.device_get(totals)  # summed over all devices, the same on every process
     return EvalResult(
         loss=float(totals["loss_sum"] / totals["count"]),
@@ -188,6 +190,14 @@ def evaluate(state: TrainState, split: DeviceSplit, evaluator, num_classes: int)
         labels=split.labels,
         num_classes=num_classes,
     )
+
+
+def wait_for(arrays) -> None:
+    """Wait for `arrays` in short sleeps, not in one call into the runtime: Python raises a
+    Ctrl-C's KeyboardInterrupt only between its own steps, and the whole split is one call."""
+    for array in jax.tree.leaves(arrays):
+        while not array.is_ready():
+            time.sleep(0.002)
 
 
 def format_result(result: EvalResult, class_names) -> str:

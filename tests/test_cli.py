@@ -2,8 +2,10 @@
 
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -143,6 +145,38 @@ def test_a_home_folder_after_an_option_s_equals_sign_is_expanded(monkeypatch):
     monkeypatch.setattr(sys, "argv", list(typed))
     cli(lambda argv=None: None)(["--workdir=~/runs"])  # a command called with its own argv
     assert sys.argv == typed
+
+
+def test_ctrl_c_during_a_long_evaluation_ends_the_command_at_once():
+    # An evaluation is one call to the devices: Ctrl-C waited for all of it, then the exit did.
+    program = (
+        "import jax, jax.numpy as jnp\n"
+        "from alexnet_jax.errors import cli\n"
+        "from alexnet_jax.evaluation import wait_for\n"
+        "def evaluate():\n"
+        "    endless = lambda x: jax.lax.fori_loop(0, 10**9, lambda i, y: jnp.tanh(y @ y), x)\n"
+        "    logits = jax.jit(endless)(jnp.ones((256, 256)))\n"
+        "    print('evaluating', flush=True)\n"
+        "    wait_for(logits)\n"
+        "cli(evaluate)()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's
+    )
+    try:
+        assert process.stdout.readline() == "evaluating\n"
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130 and err == "error: stopped by SIGINT\n", err[-2000:]
 
 
 def test_other_errors_of_xla_keep_their_traceback():
