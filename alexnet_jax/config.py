@@ -295,8 +295,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     }.items():
         if config[key] < low:
             raise UserError(f"{key}={config[key]} must be at least {low}")
-    if not -(2**63) <= config.seed < 2**63:  # what jax.random.PRNGKey takes
-        raise UserError(f"seed={config.seed} must fit in 64 bits (-2**63 to 2**63 - 1)")
+    # jax.random.PRNGKey keeps a seed's low 32 bits (without x64): 2**32 would give seed 0's
+    # run and -1 seed 2**32 - 1's, so only the seeds that name distinct runs are taken.
+    if not 0 <= config.seed < 2**32:
+        raise UserError(
+            f"seed={config.seed} must be from 0 to 2**32 - 1 ({2**32 - 1}): the random keys keep "
+            "32 bits, so any other seed would repeat the run of one of these"
+        )
     for key in ("label_smoothing", "dropout_rate", "momentum", "ema_decay"):
         if config[key] >= 1:
             raise UserError(f"{key}={config[key]} must be below 1")

@@ -187,12 +187,22 @@ def test_other_errors_of_xla_keep_their_traceback():
         cli(lambda: (_ for _ in ()).throw(JaxRuntimeError("INTERNAL: something else")))()
 
 
-@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
-def test_a_seed_beyond_64_bits_is_refused(seed):
+@pytest.mark.parametrize("seed", [2**32, -1, 2**63])
+def test_a_seed_outside_32_bits_is_refused(seed):
+    # jax.random.PRNGKey keeps 32 bits: 2**32 would repeat seed 0's run, -1 seed 2**32 - 1's.
     from alexnet_jax.config import validate
 
-    with pytest.raises(UserError, match=r"seed=.* must fit in 64 bits"):
+    with pytest.raises(UserError, match=r"seed=.* must be from 0 to 2\*\*32 - 1 \(4294967295\)"):
         validate(config_from_command_line(QUICK, [f"--config.seed={seed}"], None))
+
+
+def test_the_seeds_at_the_ends_of_32_bits_are_taken():
+    from alexnet_jax.config import validate
+
+    for seed in (0, 2**32 - 1):
+        config = config_from_command_line(QUICK, [f"--config.seed={seed}"], None)
+        validate(config)
+        assert config.seed == seed
 
 
 def test_seeds_checks_every_seed_before_the_first_trains(tmp_path):
@@ -200,8 +210,8 @@ def test_seeds_checks_every_seed_before_the_first_trains(tmp_path):
     from alexnet_jax.config import load_config
 
     config = load_config(QUICK)
-    with pytest.raises(UserError, match=r"seed=9223372036854775808 must fit"):
-        seeds.run_seeds(config, [0, 2**63], tmp_path)
+    with pytest.raises(UserError, match=r"seed=4294967296 must be from 0 to 2\*\*32 - 1"):
+        seeds.run_seeds(config, [0, 2**32], tmp_path)
     assert list(tmp_path.iterdir()) == []  # seed 0 did not start
 
 
