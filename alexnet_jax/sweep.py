@@ -12,6 +12,11 @@ epoch driver (`run.build`, `run.run_epoch`), from the training split read once: 
 is never read, so every accuracy and best epoch here is the validation split's. Nothing is
 saved but the table: after each variant, DIR/sweep.json (with each epoch's validation accuracy)
 and DIR/sweep.md are rewritten, so that a call cut short keeps the variants it finished.
+
+A DIR that holds a sweep of the same sweep file and base is added to: the variants run again
+replace their rows, the others are kept, and the table says which rows came from earlier calls.
+A sweep of another file or base there, or a sweep.json that cannot be read, is refused before
+anything trains.
 """
 
 import datetime
@@ -26,7 +31,7 @@ import numpy as np
 
 from alexnet_jax import compilation_cache, outputs
 from alexnet_jax.cli import command_parser, config_from_command_line
-from alexnet_jax.config import validate
+from alexnet_jax.config import RESUMABLE_CHANGES, validate
 from alexnet_jax.data import Dataset, Split, load_training_data
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
@@ -35,6 +40,20 @@ from alexnet_jax.run import build_placed, run_epoch
 JSON, MARKDOWN = "sweep.json", "sweep.md"
 # The fields that choose the images a variant reads: variants that share them share one read.
 DATA_FIELDS = ("dataset", "data_dir", "download", "train_examples", "validation_examples")
+# When and where a row ran: rows kept from earlier calls may differ from this call's.
+RUN_FIELDS = ("date", "device", "backend", "jax_version")
+# What the table shows of each row.
+ROW_FIELDS = (
+    "name",
+    "changes",
+    "epochs",
+    "validation_accuracy",
+    "best_validation_accuracy",
+    "best_epoch",
+    "validation_loss",
+    "wall_seconds",
+    "compile_seconds",
+)
 
 
 def load_variants(path: str) -> dict[str, dict]:
@@ -131,23 +150,28 @@ def run_sweep(
     source: str = "",
 ) -> dict:
     """Train each variant in turn on one device (the first of `devices`, default all) and
-    write the table after each; returns what sweep.json holds.
+    write the table after each, added to the sweep already in `out` if any (its rows of the
+    variants run again replaced, the others kept); returns what sweep.json holds.
 
     `dataset` replaces the TFDS one (tests): only its training split is used.
     """
     configs = {name: variant_config(base, name, changes) for name, changes in variants.items()}
     out = Path(out)
+    earlier = earlier_sweep(out, base, source)  # before anything trains
     out.mkdir(parents=True, exist_ok=True)
     device = (devices or jax.devices())[:1]
-    table = {
-        "sweep": source,
+    ran = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device[0].device_kind,
         "backend": jax.default_backend(),
         "jax_version": jax.__version__,
-        "base": base.to_dict(),
-        "variants": [],
     }
+    table = {"sweep": source, **ran, "base": base.to_dict(), "variants": []}
+    # By name, in the order first run: a variant run again takes its earlier row's place.
+    rows = {row["name"]: row for row in earlier["variants"]} if earlier else {}
+    if earlier:  # what this call ran, and which of those replaced an earlier row
+        table["added"] = {"ran": [], "replaced": []}
+        table["variants"] = list(rows.values())
     reads = {}
     with StopRequests() as stop:
         for name, config in configs.items():
@@ -164,9 +188,80 @@ def run_sweep(
                     )
                 data = reads[key]
             result = run_variant(config, data, device, stop)
-            table["variants"].append({"name": name, "changes": variants[name], **result})
+            if earlier:
+                table["added"]["ran"].append(name)
+                if name in rows:
+                    table["added"]["replaced"].append(name)
+            rows[name] = {"name": name, "changes": variants[name], **result, **ran}
+            table["variants"] = list(rows.values())
             write_table(out, table)
     return table
+
+
+def earlier_sweep(out: Path, base: ml_collections.ConfigDict, source: str) -> dict | None:
+    """The sweep already in `out` that this call adds to (its rows carry where they ran), or
+    None; one of another sweep file or base, or one that cannot be read, is refused."""
+    path = out / JSON
+    if not path.exists():
+        if (out / MARKDOWN).exists():  # its sweep.json deleted: the table would be lost
+            raise UserError(
+                f"{out / MARKDOWN} has no {JSON} beside it to add this sweep to: move it away "
+                "or pass another --out (nothing was trained)"
+            )
+        return None
+    try:
+        table = json.loads(path.read_text())
+        check_table(table)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise UserError(
+            f"{path} cannot be read ({why}), so this sweep cannot be added to it: move it away "
+            "or pass another --out (nothing was trained)"
+        ) from e
+    differences = base_differences(table["base"], base.to_dict())
+    if not same_file(table["sweep"], source):
+        differences.insert(0, f"sweep file: {table['sweep']!r} -> {source!r}")
+    if differences:
+        raise UserError(
+            f"{out} holds a sweep of another base ({'; '.join(differences)}), which this one "
+            "cannot be added to: pass another --out (nothing was trained)"
+        )
+    for row in table["variants"]:  # rows written before they carried where they ran
+        for field in RUN_FIELDS:
+            row.setdefault(field, table.get(field, "?"))
+    return table
+
+
+def check_table(table) -> None:
+    """A ValueError unless `table` is a sweep.json whose rows the table can show."""
+    if not isinstance(table, dict):
+        raise ValueError("not a JSON object")
+    for key, kind in (("sweep", str), ("base", dict), ("variants", list)):
+        if not isinstance(table.get(key), kind):
+            raise ValueError(f"no {kind.__name__} {key!r}")
+    for row in table["variants"]:
+        missing = [field for field in ROW_FIELDS if not isinstance(row, dict) or field not in row]
+        if missing:
+            raise ValueError(f"a variant without {', '.join(missing)}")
+
+
+def base_differences(earlier: dict, now: dict) -> list[str]:
+    """`field: earlier -> now` for each field that differs, up to those that do not change
+    what a run computes (the ones a run may resume with changed: where the data is read from,
+    logging, checkpointing)."""
+    now = json.loads(json.dumps(now))  # as sweep.json holds it (tuples as lists)
+    absent = "(not set)"
+    return [
+        f"{key}: {earlier.get(key, absent)!r} -> {now.get(key, absent)!r}"
+        for key in [*now, *(key for key in earlier if key not in now)]
+        if key not in RESUMABLE_CHANGES and earlier.get(key, absent) != now.get(key, absent)
+    ]
+
+
+def same_file(earlier: str, source: str) -> bool:
+    """Whether two sweep files, as each call named them, are one (a path relative to the
+    current folder and its absolute path are)."""
+    return earlier == source or Path(earlier).resolve() == Path(source).resolve()
 
 
 def write_table(out: Path, table: dict) -> None:
@@ -178,18 +273,23 @@ def write_table(out: Path, table: dict) -> None:
 
 
 def markdown(table: dict) -> str:
-    """The variants in the order they ran, validation accuracies in percent, the best in bold."""
+    """The variants in the order they were first run, validation accuracies in percent, the
+    best in bold; which rows an earlier call ran, when the call added to a sweep."""
     base = table["base"]
     rows = table["variants"]
     top = max((row["validation_accuracy"] for row in rows), default=None)
     lines = [
         f"# Sweep {table['sweep']}".rstrip(),
         "",
-        f"{table['date']}, {table['device']} ({table['backend']}), jax {table['jax_version']}. "
+        f"{where_ran(table)}. "
         f"Base: {base['dataset']}, {base['num_epochs']} epochs, batch {base['batch_size']}, "
         f"{base['image_size']}x{base['image_size']}; validation split: the last "
         f"{base['validation_examples']} training images (the test split is not read).",
         "",
+    ]
+    if "added" in table:
+        lines += [added(table), ""]
+    lines += [
         "| variant | changes | epochs | validation accuracy | best (epoch) | validation loss "
         "| wall time (s) | compile (s) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -208,6 +308,25 @@ def markdown(table: dict) -> str:
     total = sum(row["wall_seconds"] for row in rows)
     lines += ["", f"{len(rows)} variant(s), {total:.0f} s in all."]
     return "\n".join(lines) + "\n"
+
+
+def where_ran(ran: dict) -> str:
+    return f"{ran['date']}, {ran['device']} ({ran['backend']}), jax {ran['jax_version']}"
+
+
+def added(table: dict) -> str:
+    """What a call that added to a sweep ran, and the rows it kept, with where they ran."""
+    ran, replaced = table["added"]["ran"], table["added"]["replaced"]
+    by_call = {}
+    for row in table["variants"]:
+        if row["name"] not in ran:
+            by_call.setdefault(where_ran(row), []).append(row["name"])
+    kept = "; ".join(f"{', '.join(names)} ({call})" for call, names in by_call.items())
+    now = [name + (" (replacing its earlier row)" if name in replaced else "") for name in ran]
+    return (
+        f"Added to the sweep already in this folder: this call ran {', '.join(now) or 'nothing'}; "
+        f"kept from earlier calls: {kept or 'nothing'}."
+    )
 
 
 @cli

@@ -102,3 +102,128 @@ def test_the_command_refuses_an_unknown_variant(capsys):
         )
     assert exit_info.value.code == 2
     assert "--only bogus: the variants are base, affine" in capsys.readouterr().err
+
+
+def fake_result(accuracy: float) -> dict:
+    """What `run_variant` returns, without training: the table's logic is what is tested."""
+    return {
+        "epochs": 1,
+        "validation_accuracy": accuracy,
+        "validation_loss": 1.0,
+        "best_validation_accuracy": accuracy,
+        "best_epoch": 1,
+        "train_loss": 1.0,
+        "setup_seconds": 0.0,
+        "compile_seconds": 1.0,
+        "train_seconds": 1.0,
+        "wall_seconds": 2.0,
+        "validation_accuracy_per_epoch": [accuracy],
+    }
+
+
+@pytest.fixture
+def untrained(monkeypatch, tiny_dataset):
+    """run_sweep of variants {name: validation accuracy}, each given instead of trained (a
+    variant that would train is a string: the test fails if it does)."""
+
+    def run(accuracies: dict, out, **base):
+        results = iter(accuracies.values())
+        monkeypatch.setattr(sweep, "run_variant", lambda *_: fake_result(next(results)))
+        changes = {name: {"learning_rate": 0.01 + i / 1000} for i, name in enumerate(accuracies)}
+        config = tiny_config(validation_examples=16, **base)
+        return sweep.run_sweep(config, changes, out, tiny_dataset, None, "s.py")
+
+    return run
+
+
+def test_a_sweep_into_a_folder_of_the_same_sweep_adds_to_its_table(untrained, tmp_path):
+    untrained({"base": 0.5, "ema": 0.6}, tmp_path)
+    first = json.loads((tmp_path / sweep.JSON).read_text())
+    table = untrained({"ema": 0.7, "views": 0.4}, tmp_path)
+
+    # ema's row replaced in its place, base's kept as the first call wrote it, views added.
+    assert [row["name"] for row in table["variants"]] == ["base", "ema", "views"]
+    assert table["variants"][0] == first["variants"][0]
+    assert [row["validation_accuracy"] for row in table["variants"]] == [0.5, 0.7, 0.4]
+    assert table["added"] == {"ran": ["ema", "views"], "replaced": ["ema"]}
+    assert json.loads((tmp_path / sweep.JSON).read_text()) == table
+    text = (tmp_path / sweep.MARKDOWN).read_text()
+    assert (
+        "this call ran ema (replacing its earlier row), views; kept from earlier calls: base ("
+        f"{first['date']}, cpu (cpu), jax " in text
+    )
+    assert "| ema | learning_rate=0.01 | 1 | **70.00%** |" in text  # the second call's changes
+    assert text.endswith("3 variant(s), 6 s in all.\n")
+
+
+@pytest.mark.parametrize(
+    "change, difference",
+    [
+        ({"num_epochs": 3}, "num_epochs: 2 -> 3"),
+        ({"learning_rate": 0.1, "seed": 1}, "learning_rate: 0.01 -> 0.1; seed: 0 -> 1"),
+    ],
+)
+def test_a_sweep_into_a_folder_of_another_base_is_refused_before_anything_trains(
+    untrained, tmp_path, change, difference
+):
+    untrained({"base": 0.5}, tmp_path)
+    saved = {name: (tmp_path / name).read_bytes() for name in (sweep.JSON, sweep.MARKDOWN)}
+    with pytest.raises(UserError) as refused:
+        untrained({"base": "never trained"}, tmp_path, **change)
+    message = str(refused.value)
+    assert f"holds a sweep of another base ({difference})" in message
+    assert "pass another --out (nothing was trained)" in message and "\n" not in message
+    assert {name: (tmp_path / name).read_bytes() for name in saved} == saved  # left alone
+
+
+def test_a_sweep_of_another_sweep_file_is_refused(untrained, tmp_path):
+    untrained({"base": 0.5}, tmp_path)
+    table = json.loads((tmp_path / sweep.JSON).read_text())
+    (tmp_path / sweep.JSON).write_text(json.dumps({**table, "sweep": "other.py"}))
+    with pytest.raises(UserError, match=r"another base \(sweep file: 'other.py' -> 's.py'\)"):
+        untrained({"base": "never trained"}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("{ cut short", "Expecting property name"),
+        ("[]", "not a JSON object"),
+        ('{"sweep": "s.py", "base": {}}', "no list 'variants'"),
+        ('{"sweep": "s.py", "base": {}, "variants": [{"name": "x"}]}', "a variant without"),
+        (None, "Is a directory"),
+    ],
+)
+def test_an_unreadable_sweep_json_is_refused_in_one_line_before_anything_trains(
+    untrained, tmp_path, text, why
+):
+    if text is None:
+        (tmp_path / sweep.JSON).mkdir()
+    else:
+        (tmp_path / sweep.JSON).write_text(text)
+    with pytest.raises(UserError) as refused:
+        untrained({"base": "never trained"}, tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / sweep.JSON} cannot be read (") and why in message
+    assert message.endswith("pass another --out (nothing was trained)") and "\n" not in message
+    assert not (tmp_path / sweep.MARKDOWN).exists()
+
+
+def test_a_sweep_md_without_its_json_is_not_replaced(untrained, tmp_path):
+    (tmp_path / sweep.MARKDOWN).write_text("an earlier table\n")
+    with pytest.raises(UserError, match=r"sweep.md has no sweep.json beside it"):
+        untrained({"base": "never trained"}, tmp_path)
+    assert (tmp_path / sweep.MARKDOWN).read_text() == "an earlier table\n"
+
+
+def test_the_command_refuses_a_sweep_of_another_base_in_one_line(tmp_path, capsys):
+    path = ROOT / "experiments" / "sweep_mnist.py"
+    base = load_config(path).to_dict()
+    (tmp_path / sweep.JSON).write_text(
+        json.dumps({"sweep": str(path), "base": base, "variants": []})
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--config", str(path), "--out", str(tmp_path), "--config.num_epochs=1"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {tmp_path} holds a sweep of another base (num_epochs: 8 -> 1)")
