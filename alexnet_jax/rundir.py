@@ -55,10 +55,7 @@ def hold(run_dir: Path, checkpoint_bytes: int, image_size: int):
     try:
         if any_process(holder is not None):  # every process learns it, none waits for the others
             holder = holder or f"{RunLock.holder(run_dir / LOCK)}, found by process 0"
-            raise UserError(
-                f"{run_dir} is in use by another training ({holder}): wait for it to end or "
-                "stop it, or pass another --workdir"
-            )
+            raise in_use(run_dir, holder)
         prepare(run_dir, checkpoint_bytes, image_size)
         with library_log(run_dir / log_name()):
             yield
@@ -68,6 +65,30 @@ def hold(run_dir: Path, checkpoint_bytes: int, image_size: int):
         raise
     finally:
         lock.release()
+
+
+def in_use(run_dir: Path, holder: str) -> UserError:
+    return UserError(
+        f"{run_dir} is in use by another training ({holder}): wait for it to end or stop it, "
+        "or pass another --workdir"
+    )
+
+
+def check_ahead(run_dir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse now what `hold` and `check_settings` would refuse in `run_dir` (a run's folder
+    passed as the workdir, another training in it, a run of other settings), without holding
+    it or writing anything: for a command that trains several runs one after another
+    (`seeds`), so that the last one's refusal comes before the first one trains."""
+    refuse_a_run_as_workdir(run_dir)
+    holder = RunLock.held_by_another(run_dir / LOCK)
+    if holder is not None:
+        raise in_use(run_dir, holder)
+    if (run_dir / CHECKPOINTS).exists():
+        checkpoints = Checkpoints(run_dir / CHECKPOINTS, read_only=True)
+        try:
+            check_settings(checkpoints, config)
+        finally:
+            checkpoints.close()
 
 
 def missing_folders(run_dir: Path) -> list[Path]:
@@ -136,6 +157,24 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
         self._fd = fd
+        return None
+
+    @classmethod
+    def held_by_another(cls, path: Path) -> str | None:
+        """Who holds the lock on `path`, or None when no process does; takes no lock and
+        creates nothing (a shared lock, let go at once, only asks)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no lock file, or none readable: `acquire` will tell
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return cls.holder(path)
+        except OSError:  # a filesystem without locks: `acquire` warns
+            return None
+        finally:
+            os.close(fd)  # and with it the shared lock
         return None
 
     @staticmethod

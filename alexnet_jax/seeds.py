@@ -17,7 +17,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from alexnet_jax import artifacts, checkpoint, compilation_cache, outputs
+from alexnet_jax import artifacts, checkpoint, compilation_cache, outputs, rundir
 from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset, load_dataset
@@ -44,15 +44,23 @@ FILES = {"single": "eval.json", "flip": "eval_flip.json", "views": "eval_views.j
 KEYS = {"single": "test_accuracy", "flip": "test_accuracy_flip", "views": "test_accuracy_views"}
 
 
+def seeded_config(config, seed: int):
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    return seeded
+
+
 def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = None) -> dict:
     """Train and evaluate `config` once per seed; returns (and writes) the summary."""
     validate(config)
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
-    for seed in seeds:  # each one checked before the first trains
-        seeded = config.copy_and_resolve_references()
-        seeded.seed = seed
-        validate(seeded)
+    # Every seed's config and run directory are checked before the first seed trains: a
+    # refusal of the last seed would come hours later otherwise.
+    for seed in seeds:
+        validate(seeded_config(config, seed))
+    for seed in seeds:
+        rundir.check_ahead(run_dir_of(workdir, seed, config), seeded_config(config, seed))
     source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
     mesh = make_mesh()
     derived = derive(config)
@@ -65,10 +73,8 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         evaluators[name] = make_evaluator(viewed, derived, mesh)
     runs = []
     for seed in seeds:
-        seeded = config.copy_and_resolve_references()
-        seeded.seed = seed
-        run_dir = Path(workdir) / f"seed{seed}" / config.dataset
-        history = train_and_evaluate(seeded, run_dir.parent, dataset).history
+        run_dir = run_dir_of(workdir, seed, config)
+        history = train_and_evaluate(seeded_config(config, seed), run_dir.parent, dataset).history
         trained = checkpoint.load_trained(run_dir, mesh=mesh)
         evaluations = {}
         for name, (flip, shift) in view_sets(config).items():
@@ -107,6 +113,10 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         (Path(results) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (Path(results) / "summary.md").write_text(markdown(summary) + "\n")
     return summary
+
+
+def run_dir_of(workdir, seed: int, config) -> Path:
+    return Path(workdir) / f"seed{seed}" / config.dataset
 
 
 def summarize(config, runs: list[dict]) -> dict:

@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 
 from alexnet_jax import seeds
+from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.run import build
+from alexnet_jax.rundir import LOCK, RunLock
 
-from conftest import tiny_config
+from conftest import new_state, tiny_config
+
+
+class Unread:
+    """A dataset that fails the test when anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the data was read ({name}) before the seeds were checked")
 
 
 def test_runs_each_seed_and_summarises_with_evidence(tiny_dataset, tmp_path, capsys):
@@ -59,3 +68,37 @@ def test_seeds_differ_in_data_only_so_they_run_the_same_programs(tiny_dataset, c
         kernels.append(np.asarray(state.params["conv2d"]["kernel"]))
     assert programs[0] == programs[1]
     assert not np.array_equal(*kernels)  # the seeds' states are not the same
+
+
+@pytest.mark.parametrize("problem", ["other settings", "held", "a run as workdir"])
+def test_every_seeds_run_directory_is_checked_before_the_first_seed_trains(tmp_path, problem):
+    # Seed 1's run directory is refused: seed 0 must not train first.
+    workdir = tmp_path / "runs"
+    run = workdir / "seed1" / "mnist"
+    run.mkdir(parents=True)
+    expected = {
+        "other settings": r"seed1/mnist/checkpoints/1 holds a run with other settings "
+        r"\(learning_rate: 0.5 -> 0.01\)",
+        "held": r"seed1/mnist is in use by another training \(pid \d+ on host ",
+        "a run as workdir": r"--workdir .*/seed1 is a run's folder",
+    }[problem]
+    holder = RunLock(run / LOCK)
+    if problem == "other settings":
+        other = tiny_config(num_epochs=1, seed=1, learning_rate=0.5)
+        saved = Checkpoints(run / "checkpoints")
+        saved.save(1, new_state(other), other, [{"epoch": 1, "test_accuracy": 0.5}])
+        saved.wait()
+        saved.close()
+    elif problem == "held":
+        assert holder.acquire() is None  # another open file: refused as another process is
+    else:  # seed 1's run was trained with --workdir runs/seed1/mnist
+        run.rmdir()
+        (run.parent / "checkpoints").mkdir()
+    try:
+        with pytest.raises(seeds.UserError, match=expected):
+            seeds.run_seeds(tiny_config(num_epochs=1), [0, 1], workdir, None, Unread())
+        if problem == "held":  # the check took nothing from the training that holds it
+            assert holder.held and "pid" in (run / LOCK).read_text()
+    finally:
+        holder.release()
+    assert not (workdir / "seed0").exists()
