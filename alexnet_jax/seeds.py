@@ -13,6 +13,7 @@ is only evaluated here, for the figures you report.
 """
 
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -42,6 +43,8 @@ def view_sets(config) -> dict[str, tuple[bool, int]]:
 # What each evaluation is called in the results: file name and summary key.
 FILES = {"single": "eval.json", "flip": "eval_flip.json", "views": "eval_views.json"}
 KEYS = {"single": "test_accuracy", "flip": "test_accuracy_flip", "views": "test_accuracy_views"}
+SUMMARY = "summary.json"
+SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed<k>/, as run_seeds names them
 
 
 def seeded_config(config, seed: int):
@@ -50,15 +53,39 @@ def seeded_config(config, seed: int):
     return seeded
 
 
+def check_results(results: Path, seeds) -> None:
+    """Refuse a --results folder that holds the evidence of seeds not in `seeds`: its summary
+    would be replaced by one that does not cover the seed folders left beside it."""
+    found = {int(m[1]) for p in results.glob("seed*") if (m := SEED_FOLDER.fullmatch(p.name))}
+    if (results / SUMMARY).exists():
+        try:
+            found.update(int(seed) for seed in json.loads((results / SUMMARY).read_text())["seeds"])
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise UserError(
+                f"{results / SUMMARY} cannot be read ({why}): move it away or pass another "
+                "--results (nothing was trained)"
+            ) from e
+    others = sorted(found - set(seeds))
+    if others:
+        raise UserError(
+            f"--results {results} holds the results of seed(s) {' '.join(map(str, others))}, "
+            f"which --seeds {' '.join(map(str, seeds))} leaves out, and its summary would not "
+            "cover them: include them in --seeds or pass another --results (nothing was trained)"
+        )
+
+
 def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = None) -> dict:
     """Train and evaluate `config` once per seed; returns (and writes) the summary."""
     validate(config)
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
-    # Every seed's config and run directory are checked before the first seed trains: a
-    # refusal of the last seed would come hours later otherwise.
+    # Every seed's config and run directory, and the results folder, are checked before the
+    # first seed trains: a refusal of the last seed would come hours later otherwise.
     for seed in seeds:
         validate(seeded_config(config, seed))
+    if results:
+        check_results(Path(results), seeds)
     for seed in seeds:
         rundir.check_ahead(run_dir_of(workdir, seed, config), seeded_config(config, seed))
     source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
@@ -110,7 +137,7 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
     summary = summarize(config, runs)
     if results:
         Path(results).mkdir(parents=True, exist_ok=True)
-        (Path(results) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (Path(results) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         (Path(results) / "summary.md").write_text(markdown(summary) + "\n")
     return summary
 

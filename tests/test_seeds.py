@@ -50,6 +50,12 @@ def test_runs_each_seed_and_summarises_with_evidence(tiny_dataset, tmp_path, cap
     assert len(table.strip().splitlines()) == 5 and "mean ± std" in table
     assert "with the config's 5 views" in table
 
+    # The same command again (as after an interruption) resumes the finished runs and writes
+    # the same figures: the results folder holds only the seeds it names.
+    again = seeds.run_seeds(config, [3, 4], tmp_path / "runs", results, tiny_dataset)
+    assert [run["test_accuracy"] for run in again["runs"]] == accuracies
+    assert json.loads((results / "summary.json").read_text()) == again
+
 
 def test_repeated_seeds_are_refused(tiny_dataset, tmp_path):
     with pytest.raises(seeds.UserError, match="repeats a seed"):
@@ -68,6 +74,32 @@ def test_seeds_differ_in_data_only_so_they_run_the_same_programs(tiny_dataset, c
         kernels.append(np.asarray(state.params["conv2d"]["kernel"]))
     assert programs[0] == programs[1]
     assert not np.array_equal(*kernels)  # the seeds' states are not the same
+
+
+def test_results_of_other_seeds_are_refused_before_anything_trains(tmp_path):
+    # What `make accuracy-mnist SEEDS='3 4'` after the default seeds 0 1 2 found: seed folders
+    # and a summary that the new summary would not cover.
+    results = tmp_path / "results"
+    for seed in (0, 1, 3):
+        (results / f"seed{seed}").mkdir(parents=True)
+    (results / "seed-notes").mkdir()  # not a seed's folder
+    (results / "summary.json").write_text(json.dumps({"seeds": [0, 1, 2, 3]}))
+    with pytest.raises(seeds.UserError) as refused:
+        seeds.run_seeds(tiny_config(), [3, 4], tmp_path / "runs", results, Unread())
+    message = str(refused.value)
+    assert message == (
+        f"--results {results} holds the results of seed(s) 0 1 2, which --seeds 3 4 leaves out, "
+        "and its summary would not cover them: include them in --seeds or pass another "
+        "--results (nothing was trained)"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreadable_summary_in_results_is_refused_before_anything_trains(tmp_path):
+    (tmp_path / "summary.json").write_text('{"seeds": [0, 1')
+    with pytest.raises(seeds.UserError, match=r"summary.json cannot be read \(Expecting "):
+        seeds.run_seeds(tiny_config(), [0, 1], tmp_path / "runs", tmp_path, Unread())
+    assert (tmp_path / "summary.json").read_text() == '{"seeds": [0, 1'
 
 
 @pytest.mark.parametrize("problem", ["other settings", "held", "a run as workdir"])
