@@ -701,5 +701,8 @@ def _choose(checkpoints: Checkpoints, id: int | None, partial: bool, best: bool)
         return newest, True
     epoch = checkpoints.latest_epoch()
     if epoch is None:
-        raise UserError(f"{checkpoints.directory} holds no checkpoint")
+        raise UserError(
+            f"{checkpoints.directory} holds no checkpoint: a training writes its first after "
+            "checkpoint_every epochs (or when stopped), so wait for it, or train this run"
+        )
     return epoch, False

@@ -4,7 +4,8 @@ Writes <run>/report.html for the run given, or for every run under a workdir: th
 final metrics, the loss and accuracy curves and, from an evaluation of the test split by the
 run's checkpoint, the confusion matrix, per-class accuracy, sample predictions and misclassified
 examples. The page is self-contained: the figures are PNG data URIs, and there is no script and
-no link to anything outside it.
+no link to anything outside it. A run below a workdir that cannot be reported (no checkpoint yet)
+is skipped with a line saying why; the others are reported, and the exit status says so.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import datetime
 import html
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,9 +269,25 @@ def main(argv=None):
         "no validation split) instead of the latest",
     )
     args = parser.parse_args(argv)
-    for run_dir in find_runs(args.workdir):
-        path = write_report(run_dir, data_dir=args.data_dir, best=args.best)
-        print(f"wrote {path}")
+    runs = find_runs(args.workdir)
+    skipped = []
+    for run_dir in runs:
+        try:
+            path = write_report(run_dir, data_dir=args.data_dir, best=args.best)
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            # One run that cannot be reported (a training before its first checkpoint, say)
+            # must not cost the others their reports.
+            print(f"skipped {run_dir}: {e}", file=sys.stderr, flush=True)
+            skipped.append(run_dir)
+            continue
+        print(f"wrote {path}", flush=True)
+    if skipped:
+        raise UserError(
+            f"{len(skipped)} of {len(runs)} runs not reported "
+            f"({', '.join(map(str, skipped))}): see the lines above"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 import base64
 import html.parser
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -182,3 +183,38 @@ def test_report_renders_in_a_headless_browser(mnist_report, tmp_path):
     assert count((8, 48, 107)) > 500
     assert count((0, 0, 0), within=3) > 50_000
     assert count((255, 255, 255), within=3) < 0.9 * len(pixels)
+
+
+def synthetic_test_split(monkeypatch):
+    """Reports read this small synthetic test split instead of MNIST's 10,000 images."""
+    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
+    monkeypatch.setattr(report, "load_test_split", lambda *_: (dataset.test, dataset.class_names))
+
+
+def linked_copy(run, to):
+    """A copy of `run` whose files are hard links: quick, and the report only reads them."""
+    shutil.copytree(run, to, copy_function=os.link)
+    return to
+
+
+def test_a_run_without_a_checkpoint_is_skipped_and_the_others_are_reported(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    synthetic_test_split(monkeypatch)
+    # A training before its first checkpoint, sorted before the finished run.
+    (tmp_path / "a-starting" / "mnist" / "checkpoints").mkdir(parents=True)
+    finished = linked_copy(tiny_run, tmp_path / "b-finished" / "mnist")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "top-1 accuracy" in (finished / report.REPORT).read_text()
+    assert not (tmp_path / "a-starting" / "mnist" / report.REPORT).exists()
+    captured = capsys.readouterr()
+    assert f"wrote {finished / report.REPORT}" in captured.out
+    skipped, summary = captured.err.strip().splitlines()
+    assert skipped.startswith(f"skipped {tmp_path / 'a-starting' / 'mnist'}: ")
+    assert "holds no checkpoint: a training writes its first after checkpoint_every" in skipped
+    assert summary == (
+        f"error: 1 of 2 runs not reported ({tmp_path / 'a-starting' / 'mnist'}): "
+        "see the lines above"
+    )
