@@ -6,6 +6,7 @@ temporary file where the result will go. Nothing else is created: the folders a 
 made when the result is written.
 """
 
+import errno
 import json
 import sys
 import tempfile
@@ -14,15 +15,16 @@ from pathlib import Path
 from alexnet_jax.errors import UserError
 
 
-def check_file(path: str | None, option: str) -> None:
-    """Refuse an output file that could not be written: a folder, or a place that refuses.
-    Nothing to check when `path` is empty or "-" (stdout), as for `write_json`."""
+def check_file(path: str | None, option: str, fix: str = "name another place") -> None:
+    """Refuse an output file that could not be written: a folder, or a place that refuses
+    (`fix` says what to do then). Nothing to check when `path` is empty or "-" (stdout), as for
+    `write_json`."""
     if not path or path == "-":
         return
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{option} {path} is a folder: name a file, such as {target / 'out.json'}")
-    _check_writable(target.parent, f"{option} {path}")
+    _check_writable(target.parent, f"{option} {path}", fix)
 
 
 def check_folder(path: str, option: str) -> None:
@@ -44,29 +46,45 @@ def write_json(document: dict, path: str | None, quiet: bool = False) -> None:
         sys.stdout.write(text)
         return
     target = Path(path)
-    temporary = target.with_name(f".{target.name}.partial")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text)
-        temporary.replace(target)
-    except OSError as e:  # a disk that filled since the check: the old file, if any, is whole
-        temporary.unlink(missing_ok=True)
-        fix = "free disk space or name another place"
-        raise UserError(f"cannot write {path} ({e.strerror or e}): {fix}") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text(target, text)
     if not quiet:
         print(f"wrote {path}")
 
 
-def _check_writable(folder: Path, what: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """`text` into the file `path`, whole or not at all: written beside it and renamed into
+    place, so that a failed write (a full disk) leaves the file that was there as it was."""
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise write_error(str(path), e) from e
+
+
+def disk_full(error: OSError) -> bool:
+    """Whether a write failed for want of disk space (or of the user's quota of it)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(what: str, error: OSError) -> UserError:
+    """The one line for a write that failed: what could not be written, why, what to do."""
+    why = error.strerror or str(error)
+    if disk_full(error):
+        return UserError(f"could not write {what} ({why}): free disk space and run it again")
+    return UserError(f"could not write {what} ({why}): make that place writable and run it again")
+
+
+def _check_writable(folder: Path, what: str, fix: str = "name another place") -> None:
     existing = folder
     while not existing.exists():  # the folders to be made; the root always exists
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{what} lies under {existing}, which is a file: name another place")
+        raise UserError(f"{what} lies under {existing}, which is a file: {fix}")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise UserError(
-            f"{what} cannot be written ({existing}: {e.strerror or e}): name another place"
-        ) from e
+        raise UserError(f"{what} cannot be written ({existing}: {e.strerror or e}): {fix}") from e

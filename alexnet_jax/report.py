@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax import artifacts, checkpoint, environment, plots
+from alexnet_jax import artifacts, checkpoint, environment, outputs, plots
 from alexnet_jax.data import Dataset, load_test_split
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, EvalResult, evaluate, make_evaluator
@@ -65,6 +65,8 @@ def write_report(
     `dataset` replaces the run's dataset as the config names it (tests pass synthetic data);
     the page goes to `out`, by default <run>/report.html.
     """
+    path = out or run_dir / REPORT
+    check_writable(path)  # before the evaluation, which is what takes time
     mesh = make_mesh(devices)
     trained = checkpoint.load_trained(run_dir, best, mesh)
     config = trained.config
@@ -91,9 +93,15 @@ def write_report(
         source=checkpoint.describe(trained, best),
         env=environment.read(run_dir),
     )
-    path = out or run_dir / REPORT
-    path.write_text(page, encoding="utf-8")
+    outputs.write_text(path, page)  # a failed write keeps the earlier report whole
     return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a report page that could not be written, in one line."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, where the report goes: move it away and run again")
+    outputs.check_file(str(path), "the report", fix=f"make {path.parent} writable")
 
 
 def render_html(

@@ -1,10 +1,12 @@
 import base64
+import errno
 import html.parser
 import io
 import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -217,4 +219,55 @@ def test_a_run_without_a_checkpoint_is_skipped_and_the_others_are_reported(
     assert summary == (
         f"error: 1 of 2 runs not reported ({tmp_path / 'a-starting' / 'mnist'}): "
         "see the lines above"
+    )
+
+
+def never_evaluate(monkeypatch):
+    def load_trained(*_, **__):
+        raise AssertionError("the checkpoint was read before the report's path was checked")
+
+    monkeypatch.setattr(report.checkpoint, "load_trained", load_trained)
+
+
+@pytest.mark.parametrize("problem", ["report.html is a folder", "a place that refuses writing"])
+def test_a_report_that_cannot_be_written_is_refused_before_the_evaluation(
+    problem, tiny_run, tmp_path, monkeypatch
+):
+    never_evaluate(monkeypatch)
+    run = linked_copy(tiny_run, tmp_path / "mnist")
+    if problem == "report.html is a folder":
+        (run / report.REPORT).mkdir()
+        out, message = None, rf"{run / report.REPORT} is a folder, where the report goes: move it"
+    else:
+        out = Path("/proc/alexnet_jax_out/report.html")  # refused even to root
+        message = r"the report .* cannot be written \(/proc: .*\): make /proc/alexnet_jax_out w"
+    with pytest.raises(UserError, match=message):
+        report.write_report(run, out=out)
+
+
+def test_a_report_write_that_fails_keeps_the_earlier_report(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    synthetic_test_split(monkeypatch)
+    run = linked_copy(tiny_run, tmp_path / "mnist")
+    (run / report.REPORT).write_text("the earlier report")
+    before = sorted(p.name for p in run.iterdir())
+    write_text = Path.write_text
+
+    def disk_fills(path, text, *args, **kwargs):  # half of the page, then a full disk
+        if report.REPORT not in path.name:
+            return write_text(path, text, *args, **kwargs)
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_fills)
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--workdir", str(run)])
+    assert exit_info.value.code == 2
+    assert (run / report.REPORT).read_text() == "the earlier report"
+    assert sorted(p.name for p in run.iterdir()) == before  # no partial page left
+    error = capsys.readouterr().err
+    assert error == (
+        f"error: could not write {run / report.REPORT} (No space left on device): "
+        "free disk space and run it again\n"
     )
