@@ -29,6 +29,8 @@ from alexnet_jax.state import inference_variables
 ONNX = "model.onnx"
 ONNX_OPSET = 21
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# What an export writes into --out, the manifest last (export_checked).
+EXPORT_FILES = (exported.FUNCTION, exported.WEIGHTS, ONNX, exported.MANIFEST)
 
 
 def logits_function(trained: checkpoint.Trained):
@@ -178,13 +180,60 @@ def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str
     return differences
 
 
+def earlier_export_files(out: Path) -> set[str] | None:
+    """The files an earlier export wrote into `out`, as its manifest says; None when `out` holds
+    no manifest of an alexnet_jax export."""
+    try:
+        manifest = json.loads((out / exported.MANIFEST).read_text())
+    except (OSError, ValueError):  # none, a folder, not JSON, not text
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != exported.FORMAT:
+        return None
+    written = {exported.FUNCTION, exported.WEIGHTS, exported.MANIFEST}
+    return written | {ONNX} if manifest.get("onnx") == ONNX else written
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse an `out` that is neither empty (or absent) nor an earlier export: exporting
+    replaces or removes the files of EXPORT_FILES' names, which there may be the user's own."""
+    present = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if not present:
+        return
+    ours = earlier_export_files(out)
+    if ours is None:
+        at_risk = [name for name in EXPORT_FILES if name in present]
+        if at_risk:
+            raise UserError(
+                f"--out {out} is not an alexnet_jax export (it has no manifest of one), and "
+                f"exporting would replace or remove its {_listed(at_risk)}: move them away, "
+                "or name an empty or new folder"
+            )
+        raise UserError(
+            f"--out {out} holds files that are not an alexnet_jax export ({_listed(present)}): "
+            "name an empty or new folder"
+        )
+    theirs = [name for name in EXPORT_FILES if name in present and name not in ours]
+    if theirs:
+        raise UserError(
+            f"--out {out} holds an earlier export and a {_listed(theirs)} that it did not write, "
+            "which exporting would replace or remove: move it away, or name another folder"
+        )
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def export_checked(
     trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), onnx=False
 ) -> tuple[dict, dict[str, float]]:
     """`export` into a folder beside `out`, `check_export` it there, and only then move it into
-    `out`, the manifest last: an export that fails its check leaves `out` as it was. `out` holds
-    one export: an earlier export's file that this one does not write (its ONNX model, when this
-    one has none) is removed with the rest replaced, so that nothing stale looks current."""
+    `out`, the manifest last: an export that fails its check leaves `out` as it was. `out` is
+    empty, new or an earlier export (`check_replaceable`), and then holds this one export: an
+    earlier export's file that this one does not write (its ONNX model, when this one has none)
+    is removed with the rest replaced, so that nothing stale looks current."""
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -193,9 +242,10 @@ def export_checked(
             differences = check_export(trained, staging, onnx)
         except ExportMismatch as e:
             raise ExportMismatch(f"{e}; nothing was written to {out}") from e
+        check_replaceable(out)  # again: files may have come into it during the export
         out.mkdir(exist_ok=True)
         (out / exported.MANIFEST).unlink(missing_ok=True)
-        for name in (exported.FUNCTION, exported.WEIGHTS, ONNX, exported.MANIFEST):
+        for name in EXPORT_FILES:
             if (staging / name).exists():
                 os.replace(staging / name, out / name)
             else:
@@ -223,6 +273,7 @@ def main(argv=None):
         raise UserError(f"--platforms {args.platforms}: choose from {', '.join(PLATFORMS)}")
     out = Path(args.out)
     outputs.check_folder(args.out, "--out")
+    check_replaceable(out)  # before the checkpoint is read: nothing of the user's is replaced
     compilation_cache.enable()
 
     trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def live_logits(trained, images, average=True):
     return np.asarray(state.apply_fn(variables, x, train=False))
 
 
+def earlier_manifest(**fields) -> bytes:
+    """The manifest of an earlier export, as far as export tells one by it."""
+    manifest = {"format": exported.FORMAT, "format_version": 1, "onnx": None, **fields}
+    return json.dumps(manifest).encode()
+
+
+EARLIER_MANIFEST = earlier_manifest()
+
+
 def random_images(count, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, 28, 28, 1), np.uint8)
 
@@ -65,7 +75,7 @@ def test_the_export_computes_the_moving_average(trained, export_dir):
 def test_export_refuses_to_write_what_fails_its_check(tiny_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "exported"
     out.mkdir()
-    previous = {exported.MANIFEST: b'{"an earlier": "export"}', exported.WEIGHTS: b"earlier"}
+    previous = {exported.MANIFEST: EARLIER_MANIFEST, exported.WEIGHTS: b"earlier"}
     for name, content in previous.items():
         (out / name).write_bytes(content)
     savez = np.savez
@@ -135,6 +145,7 @@ def test_export_cli_checks_what_it_wrote(tiny_run, tmp_path, capsys):
     out = tmp_path / "exported"
     # An earlier export's ONNX model: this export writes none, so it must not stay beside it.
     out.mkdir()
+    (out / exported.MANIFEST).write_bytes(earlier_manifest(onnx=export.ONNX))
     (out / export.ONNX).write_bytes(b"an earlier export's model")
     (out / "notes.txt").write_text("the user's own file")
     export.main(["--ckpt", str(tiny_run), "--out", str(out), "--platforms", "cpu"])
@@ -180,3 +191,55 @@ def test_onnx_export_gives_the_live_models_logits(trained, tmp_path):
         (logits,) = session.run(["logits"], {"images": images})
         # ONNX Runtime's own convolutions and matmuls: float32 rounding differs from XLA's.
         np.testing.assert_allclose(logits, live_logits(trained, images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "folder, message",
+    [
+        (  # the user's own files of the names export writes
+            {export.ONNX: b"mine", exported.MANIFEST: b'{"mine": 1}'},
+            r"is not an alexnet_jax export \(it has no manifest of one\), and exporting would "
+            r"replace or remove its model.onnx, manifest.json: move them away",
+        ),
+        (
+            {exported.MANIFEST: b'{"format": "another.tool", "format_version": 1}'},
+            r"is not an alexnet_jax export .* would replace or remove its manifest.json:",
+        ),
+        ({exported.WEIGHTS: b"\x00not json"}, r"would replace or remove its weights.npz:"),
+        (
+            {"notes.txt": b"mine", "data.csv": b"1,2"},
+            r"holds files that are not an alexnet_jax export \(data.csv, notes.txt\): name an "
+            "empty or new folder",
+        ),
+        (  # an export without ONNX, and the user's model.onnx put beside it
+            {exported.MANIFEST: EARLIER_MANIFEST, export.ONNX: b"mine"},
+            r"holds an earlier export and a model.onnx that it did not write, which exporting "
+            "would replace or remove: move it away",
+        ),
+    ],
+    ids=[
+        "own model.onnx and manifest.json",
+        "another manifest",
+        "own weights",
+        "own files",
+        "own model.onnx beside an export",
+    ],
+)
+def test_export_refuses_a_folder_that_is_not_an_earlier_export_before_reading_the_checkpoint(
+    folder, message, tmp_path, monkeypatch, capsys
+):
+    def load_trained(*_, **__):
+        raise AssertionError("the checkpoint was read before --out was checked")
+
+    monkeypatch.setattr(checkpoint, "load_trained", load_trained)
+    out = tmp_path / "u"
+    out.mkdir()
+    for name, content in folder.items():
+        (out / name).write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--ckpt", "a-run", "--out", str(out), "--platforms", "cpu"])
+    assert exit_info.value.code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == folder
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --out {out} ")
+    assert re.search(message, line), line
