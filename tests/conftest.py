@@ -29,8 +29,10 @@ else:
 # the decoded-split cache (alexnet_jax.data_cache; tests/test_data_cache.py).
 os.environ["ALEXNET_JAX_DATA_CACHE"] = ""
 
+import contextlib  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import subprocess  # noqa: E402
 import threading  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -91,6 +93,26 @@ def tiny_config(**overrides):
 def new_state(config, steps_per_epoch: int = 4):
     """A fresh training state of `config`, on the default device."""
     return create_train_state(config, derive(config), steps_per_epoch)
+
+
+@contextlib.contextmanager
+def tmpfs(path, megabytes: int):
+    """A real filesystem of `megabytes` at `path` (a tmpfs: needs root, as CI and the dev VM);
+    skips the test where none can be mounted."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (other tests inject the failure)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def portable_orders(partitions: TrainPartitions, mesh, steps: int):

@@ -27,7 +27,7 @@ from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import TIMING_FIELDS
 from alexnet_jax.rundir import LIBRARY_LOG, LOCK, RunLock, with_timings
 
-from conftest import new_state, tiny_config
+from conftest import new_state, tiny_config, tmpfs
 from train_subprocess import EXPERIMENT, start
 
 TIMEOUT = 400  # seconds for any training process (a loaded 2-core machine is slow)
@@ -38,25 +38,6 @@ class Unread:
 
     def __getattr__(self, name):
         raise AssertionError(f"the data was read ({name}) before the run directory was checked")
-
-
-@contextlib.contextmanager
-def tmpfs(path, megabytes: int):
-    """A real filesystem of `megabytes` at `path` (a tmpfs: needs root, as CI and the dev VM)."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root (test_train.py injects a failure)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def finish(process) -> tuple[int, str, str]:
