@@ -55,10 +55,17 @@ def logits_function(trained: checkpoint.Trained):
     return logits, names, weights
 
 
-def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), onnx=False) -> dict:
+def export(
+    trained: checkpoint.Trained,
+    out: Path,
+    platforms=("cpu", "cuda"),
+    onnx=False,
+    shown: Path | None = None,
+) -> dict:
     """Write the serialized function, its weights, optionally model.onnx, and the manifest.
 
     The manifest goes last, so that a folder that has one is complete. Returns the manifest.
+    `shown` is the folder that errors name, when `out` is a staging folder beside it.
     """
     config, dataset = trained.config, trained.derived.dataset
     logits, names, weights = logits_function(trained)
@@ -69,10 +76,14 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
 
     out.mkdir(parents=True, exist_ok=True)
     (out / exported.MANIFEST).unlink(missing_ok=True)
-    (out / exported.FUNCTION).write_bytes(function.serialize())
-    np.savez(out / exported.WEIGHTS, **dict(zip(names, weights, strict=True)))
+    shown = shown or out
+    with _writing(exported.FUNCTION, shown):
+        (out / exported.FUNCTION).write_bytes(function.serialize())
+    with _writing(exported.WEIGHTS, shown):
+        np.savez(out / exported.WEIGHTS, **dict(zip(names, weights, strict=True)))
     if onnx:
-        export_onnx(trained, out / ONNX)
+        with _writing(ONNX, shown):
+            export_onnx(trained, out / ONNX)
     manifest = {
         "format": exported.FORMAT,
         "format_version": exported.FORMAT_VERSION,
@@ -96,8 +107,21 @@ def export(trained: checkpoint.Trained, out: Path, platforms=("cpu", "cuda"), on
         "metrics": trained.history[-1] if trained.history else None,
         "jax_version": jax.__version__,
     }
-    (out / exported.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with _writing(exported.MANIFEST, shown):
+        (out / exported.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+@contextlib.contextmanager
+def _writing(name: str, out: Path):
+    """A full disk while writing the export's file `name` is one line naming it: the folder it is
+    written in is removed by export_checked, so nothing half-written is left."""
+    try:
+        yield
+    except OSError as e:
+        if not outputs.disk_full(e):
+            raise
+        raise outputs.write_error(f"the export's {name} for {out}", e) from e
 
 
 def export_onnx(trained: checkpoint.Trained, path: Path) -> None:
@@ -237,7 +261,7 @@ def export_checked(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = export(trained, staging, platforms, onnx)
+        manifest = export(trained, staging, platforms, onnx, shown=out)
         try:
             differences = check_export(trained, staging, onnx)
         except ExportMismatch as e:

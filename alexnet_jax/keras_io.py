@@ -663,7 +663,12 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
     # Written beside and renamed, so that a failed export never leaves half a file at `out`.
     partial = out.with_name(f".{out.stem}.partial.keras")
     try:
-        model.save(partial)
+        try:
+            model.save(partial)
+        except OSError as e:
+            if not outputs.disk_full(e):
+                raise
+            raise outputs.write_error(str(out), e) from e
         difference = check_export(trained, partial)
         partial.replace(out)
     finally:

@@ -1,3 +1,4 @@
+import errno
 import json
 import re
 import shutil
@@ -10,6 +11,8 @@ import pytest
 from alexnet_jax import checkpoint, export, exported, preprocess
 from alexnet_jax.data import spec
 from alexnet_jax.parallel import make_mesh
+
+from conftest import tmpfs
 
 # The exported function is the live model's XLA program, run from StableHLO; on the CPU both give
 # the same float32 logits up to reassociation.
@@ -243,3 +246,41 @@ def test_export_refuses_a_folder_that_is_not_an_earlier_export_before_reading_th
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: --out {out} ")
     assert re.search(message, line), line
+
+
+def test_a_full_disk_during_the_export_is_one_line_and_keeps_the_earlier_export(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "exported"
+    out.mkdir()
+    previous = {exported.MANIFEST: EARLIER_MANIFEST, exported.WEIGHTS: b"earlier"}
+    for name, content in previous.items():
+        (out / name).write_bytes(content)
+
+    def disk_fills(path, **arrays):  # the first bytes, then no more room
+        with open(path, "wb") as file:
+            file.write(b"PK\x03\x04")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_fills)
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--ckpt", str(tiny_run), "--out", str(out), "--platforms", "cpu"])
+    assert exit_info.value.code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # the staging folder is gone
+    assert capsys.readouterr().err == (
+        f"error: could not write the export's weights.npz for {out} (No space left on device): "
+        "free disk space and run it again\n"
+    )
+
+
+def test_a_real_full_disk_during_the_export_leaves_nothing_on_it(tiny_run, tmp_path, capsys):
+    with tmpfs(tmp_path / "disk", 20) as disk:  # the weights alone are 87 MB at 67x67
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["--ckpt", str(tiny_run), "--out", str(disk / "e"), "--platforms", "cpu"])
+        assert exit_info.value.code == 2
+        assert list(disk.iterdir()) == []
+    assert capsys.readouterr().err == (
+        f"error: could not write the export's weights.npz for {disk / 'e'} (No space left on "
+        "device): free disk space and run it again\n"
+    )

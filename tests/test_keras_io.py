@@ -1,5 +1,6 @@
 """Keras interop: the model against the seed's Keras model, Keras files in, Keras files out."""
 
+import errno
 import json
 
 import h5py
@@ -23,6 +24,8 @@ from alexnet_jax.data import DATASETS, Split
 from alexnet_jax.model import STEMS, AlexNet
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
+
+from conftest import tmpfs
 
 keras = keras_model.keras
 
@@ -410,3 +413,36 @@ def test_export_leaves_an_existing_file_alone(imported, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "exists: delete it first, or name another file" in capsys.readouterr().err
     assert existing.read_bytes() == b"the user's model"
+
+
+def test_a_full_disk_during_the_keras_export_is_one_line_and_leaves_no_file(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    def disk_fills(model, path, *args, **kwargs):  # the first bytes, then no more room
+        with open(path, "wb") as file:
+            file.write(b"PK\x03\x04")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", disk_fills)
+    out = tmp_path / "m.keras"
+    with pytest.raises(SystemExit) as exit_info:
+        keras_io.main(["export", "--ckpt", str(tiny_run), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its partial
+    assert capsys.readouterr().err == (
+        f"error: could not write {out} (No space left on device): free disk space and run it "
+        "again\n"
+    )
+
+
+def test_a_real_full_disk_during_the_keras_export_leaves_nothing_on_it(tiny_run, tmp_path, capsys):
+    with tmpfs(tmp_path / "disk", 20) as disk:  # the model's weights are 87 MB at 67x67
+        out = disk / "m.keras"
+        with pytest.raises(SystemExit) as exit_info:
+            keras_io.main(["export", "--ckpt", str(tiny_run), "--out", str(out)])
+        assert exit_info.value.code == 2
+        assert list(disk.iterdir()) == []
+    assert capsys.readouterr().err == (
+        f"error: could not write {out} (No space left on device): free disk space and run it "
+        "again\n"
+    )
