@@ -284,3 +284,18 @@ def test_a_real_full_disk_during_the_export_leaves_nothing_on_it(tiny_run, tmp_p
         f"error: could not write the export's weights.npz for {disk / 'e'} (No space left on "
         "device): free disk space and run it again\n"
     )
+
+
+def test_export_takes_a_new_or_empty_folder_or_an_earlier_export(tmp_path):
+    empty, earlier, with_onnx = tmp_path / "empty", tmp_path / "earlier", tmp_path / "with-onnx"
+    for folder, manifest in ((earlier, EARLIER_MANIFEST), (with_onnx, None)):
+        folder.mkdir()
+        (folder / exported.MANIFEST).write_bytes(manifest or earlier_manifest(onnx=export.ONNX))
+        (folder / exported.WEIGHTS).write_bytes(b"earlier")
+        (folder / "notes.txt").write_text("the user's own file, kept beside the export")
+    (with_onnx / export.ONNX).write_bytes(b"the earlier export's model")
+    empty.mkdir()
+    for out in (tmp_path / "new", empty, earlier, with_onnx):
+        export.check_replaceable(out)  # raises for any other folder (the test above)
+    assert export.earlier_export_files(with_onnx) == set(export.EXPORT_FILES)
+    assert export.earlier_export_files(earlier) == set(export.EXPORT_FILES) - {export.ONNX}
