@@ -76,7 +76,8 @@ def test_a_disk_that_fills_as_json_is_written_keeps_the_old_file_and_leaves_no_p
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(type(target), "write_text", full)
-    with pytest.raises(UserError, match=r"could not write .*result.json \(No space left on device\)"):
+    full_disk = r"could not write .*result.json \(No space left on device\)"
+    with pytest.raises(UserError, match=full_disk):
         outputs.write_json({"run": 2}, str(target), quiet=True)
     assert json.loads(target.read_text()) == {"run": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
