@@ -10,12 +10,12 @@ ARGS ?=
 COPY_DATA_FROM ?=
 
 comma := ,
-DATA_DIR_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+DATA_DIR_FLAG := $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 # Before training, a dataset the data dir lacks is downloaded and prepared (TFDS), installing
 # TensorFlow (the `prepare` extra) into the venv first if need be; quiet when it is prepared.
 # COPY_DATA_FROM=dir copies it from a prepared data dir instead (an offline machine).
 PREPARE = $(BIN)/python -m alexnet_jax.prepare --install $(DATA_DIR_FLAG) \
-	$(if $(COPY_DATA_FROM),--from $(COPY_DATA_FROM))
+	$(if $(COPY_DATA_FROM),--from "$(COPY_DATA_FROM)")
 # One stamp per set of extras, so that asking for other extras installs them.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -50,24 +50,24 @@ $(STAMP): pyproject.toml
 
 train-mnist: install
 	$(PREPARE) mnist
-	$(BIN)/python -m alexnet_jax.train --config experiments/mnist.py --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.train --config experiments/mnist.py --workdir "$(WORKDIR)" $(DATA_DIR_FLAG) $(ARGS)
 
 train-cifar10: install
 	$(PREPARE) cifar10
-	$(BIN)/python -m alexnet_jax.train --config experiments/cifar10.py --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.train --config experiments/cifar10.py --workdir "$(WORKDIR)" $(DATA_DIR_FLAG) $(ARGS)
 
 quick: install
 	$(PREPARE) mnist
-	$(BIN)/python -m alexnet_jax.train --config experiments/quick.py --workdir $(WORKDIR)/quick $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.train --config experiments/quick.py --workdir "$(WORKDIR)/quick" $(DATA_DIR_FLAG) $(ARGS)
 
 SEEDS ?= 0 1 2
 accuracy-cifar10: install
 	$(PREPARE) cifar10
-	$(BIN)/python -m alexnet_jax.seeds --config experiments/cifar10.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/cifar10-seeds $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.seeds --config experiments/cifar10.py --seeds $(SEEDS) --workdir "$(WORKDIR)/seeds" --results experiments/results/cifar10-seeds $(DATA_DIR_FLAG) $(ARGS)
 
 accuracy-mnist: install
 	$(PREPARE) mnist
-	$(BIN)/python -m alexnet_jax.seeds --config experiments/mnist.py --seeds $(SEEDS) --workdir $(WORKDIR)/seeds --results experiments/results/mnist-seeds $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.seeds --config experiments/mnist.py --seeds $(SEEDS) --workdir "$(WORKDIR)/seeds" --results experiments/results/mnist-seeds $(DATA_DIR_FLAG) $(ARGS)
 
 # Recipe variants on the validation split, one device, one process (ARGS='--only base mixup').
 sweep-cifar10: install
@@ -78,18 +78,18 @@ sweep-mnist: install
 
 eval: install
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=runs/mnist [ARGS='--json out.json']"; exit 2; }
-	$(BIN)/python -m alexnet_jax.eval --ckpt $(CKPT) $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.eval --ckpt "$(CKPT)" $(DATA_DIR_FLAG) $(ARGS)
 
 predict: install
 	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=runs/mnist ARGS='digit.png photos/'"; exit 2; }
-	$(BIN)/python -m alexnet_jax.predict --ckpt $(CKPT) $(ARGS)
+	$(BIN)/python -m alexnet_jax.predict --ckpt "$(CKPT)" $(ARGS)
 
 report: install
-	$(BIN)/python -m alexnet_jax.report --workdir $(WORKDIR) $(DATA_DIR_FLAG) $(ARGS)
+	$(BIN)/python -m alexnet_jax.report --workdir "$(WORKDIR)" $(DATA_DIR_FLAG) $(ARGS)
 
 # The tensorboard extra (in dev) brings the viewer; each run dir holds its event files.
 tensorboard: install
-	$(BIN)/tensorboard --logdir $(WORKDIR) $(ARGS)
+	$(BIN)/tensorboard --logdir "$(WORKDIR)" $(ARGS)
 
 summary: install
 	$(BIN)/python -m alexnet_jax.summary --dataset cifar10 $(ARGS)
@@ -116,7 +116,7 @@ bench-peers: install
 # Both datasets run even when the first misses its target; the status says whether both reached.
 bench-tta: install
 	status=0; for d in cifar10 mnist; do \
-	  $(BIN)/python -m alexnet_jax.tta --config experiments/$$d.py --out $(WORKDIR)/bench/tta-$$d.json \
+	  $(BIN)/python -m alexnet_jax.tta --config experiments/$$d.py --out "$(WORKDIR)/bench/tta-$$d.json" \
 	    $(DATA_DIR_FLAG) $(ARGS) || status=1; \
 	done; exit $$status
 
@@ -126,7 +126,7 @@ OUT ?= runs/gpu-suite
 BUDGET ?=
 STAGES ?=
 gpu-suite: install
-	$(BIN)/python benchmarks/gpu_suite.py --out $(OUT) $(if $(BUDGET),--budget $(BUDGET)) \
+	$(BIN)/python benchmarks/gpu_suite.py --out "$(OUT)" $(if $(BUDGET),--budget $(BUDGET)) \
 	  $(if $(STAGES),--stages $(STAGES)) $(DATA_DIR_FLAG) $(ARGS)
 
 prepare-data: install

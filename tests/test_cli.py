@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -247,3 +248,26 @@ def test_usage_names_the_command_as_it_is_typed(command):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: python -m alexnet_jax.{command} "), done.stdout[:200]
+
+
+@pytest.mark.parametrize(
+    "target, variables, option, value",
+    [
+        ("eval", {"CKPT": "runs/wörk dir ü/mnist"}, "--ckpt", "runs/wörk dir ü/mnist"),
+        ("eval", {"CKPT": "runs/mnist", "DATA_DIR": "my data"}, "--data-dir", "my data"),
+        ("train-mnist", {"WORKDIR": "my runs"}, "--workdir", "my runs"),
+        ("quick", {"WORKDIR": "my runs"}, "--workdir", "my runs/quick"),
+        ("prepare-data", {"COPY_DATA_FROM": "/mnt/a copy"}, "--from", "/mnt/a copy"),
+        ("report", {"WORKDIR": "my runs"}, "--workdir", "my runs"),
+    ],
+)
+def test_make_targets_pass_paths_with_spaces_as_one_word(target, variables, option, value):
+    # `make eval CKPT="runs/my run/mnist"` passed `runs/my` and `run/mnist`.
+    done = subprocess.run(
+        ["make", "-n", "-o", "install", target, *(f"{k}={v}" for k, v in variables.items())],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if "alexnet_jax" in line]
+    words = [word for command in commands for word in command]
+    assert words[words.index(option) + 1] == value, done.stdout
