@@ -106,6 +106,8 @@ def test_an_error_inside_get_config_is_one_line(tmp_path):
 def test_running_out_of_device_memory_is_one_line_saying_what_to_lower(tmp_path):
     # A real allocation failure of XLA (2 TiB on the host CPU), raised in an entry point.
     program = (
+        "import signal\n"  # Python's Ctrl-C, which a process started in the background lacks
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import jax, jax.numpy as jnp\n"
         "from alexnet_jax.errors import cli\n"
         "cli(lambda: jax.jit(lambda: jnp.ones((2**41,), jnp.uint8))().block_until_ready())()\n"
@@ -151,6 +153,8 @@ def test_a_home_folder_after_an_option_s_equals_sign_is_expanded(monkeypatch):
 def test_ctrl_c_during_a_long_evaluation_ends_the_command_at_once():
     # An evaluation is one call to the devices: Ctrl-C waited for all of it, then the exit did.
     program = (
+        "import signal\n"  # Python's Ctrl-C, which a process started in the background lacks
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import jax, jax.numpy as jnp\n"
         "from alexnet_jax.errors import cli\n"
         "from alexnet_jax.evaluation import wait_for\n"
@@ -166,7 +170,6 @@ def test_ctrl_c_during_a_long_evaluation_ends_the_command_at_once():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's
     )
     try:
         assert process.stdout.readline() == "evaluating\n"
