@@ -225,6 +225,8 @@ def check_replaceable(out: Path) -> None:
     if not present:
         return
     ours = earlier_export_files(out)
+    if ours is None and exported.FUNCTION in present and set(present) <= set(EXPORT_FILES):
+        return  # an export stopped as it moved its files in (the manifest comes last): redone
     if ours is None:
         at_risk = [name for name in EXPORT_FILES if name in present]
         if at_risk:

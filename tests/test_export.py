@@ -295,7 +295,12 @@ def test_export_takes_a_new_or_empty_folder_or_an_earlier_export(tmp_path):
         (folder / "notes.txt").write_text("the user's own file, kept beside the export")
     (with_onnx / export.ONNX).write_bytes(b"the earlier export's model")
     empty.mkdir()
-    for out in (tmp_path / "new", empty, earlier, with_onnx):
+    # An export stopped as it moved its files in: the old manifest removed, the new not yet in.
+    cut_short = tmp_path / "cut-short"
+    cut_short.mkdir()
+    for name in (exported.FUNCTION, exported.WEIGHTS, export.ONNX):
+        (cut_short / name).write_bytes(b"an export's")
+    for out in (tmp_path / "new", empty, earlier, with_onnx, cut_short):
         export.check_replaceable(out)  # raises for any other folder (the test above)
     assert export.earlier_export_files(with_onnx) == set(export.EXPORT_FILES)
     assert export.earlier_export_files(earlier) == set(export.EXPORT_FILES) - {export.ONNX}
