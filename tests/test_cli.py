@@ -106,8 +106,6 @@ def test_an_error_inside_get_config_is_one_line(tmp_path):
 def test_running_out_of_device_memory_is_one_line_saying_what_to_lower(tmp_path):
     # A real allocation failure of XLA (2 TiB on the host CPU), raised in an entry point.
     program = (
-        "import signal\n"  # Python's Ctrl-C, which a process started in the background lacks
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import jax, jax.numpy as jnp\n"
         "from alexnet_jax.errors import cli\n"
         "cli(lambda: jax.jit(lambda: jnp.ones((2**41,), jnp.uint8))().block_until_ready())()\n"
