@@ -582,6 +582,17 @@ def import_model(
         raise UserError(f"--out {out} is a file: pass a folder for the run")
     if (out / checkpoint.CHECKPOINTS).exists():
         raise UserError(f"{out} holds a run already: pass another --out (nothing was changed)")
+    # The run's files (config.json, imported.json, ...) would replace the user's own, and a
+    # workdir named here would become a run that hides the runs inside it.
+    present = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if present:
+        shown = ", ".join(present[:3]) + (
+            f" and {len(present) - 3} more" if len(present) > 3 else ""
+        )
+        raise UserError(
+            f"--out {out} is not empty ({shown}): the run is written into a new or empty "
+            "folder; name one (nothing was changed)"
+        )
     imported = read_model(source, dataset, input_scale, image_size)
     read, size, scale, folded = (
         imported.read,

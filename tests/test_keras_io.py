@@ -397,6 +397,32 @@ def test_an_existing_run_is_never_overwritten(seed_files, imported, capsys):
     assert sorted(p.name for p in (run / checkpoint.CHECKPOINTS).iterdir()) == before
 
 
+@pytest.mark.parametrize("kind", ["the user's files", "a workdir"])
+def test_an_import_into_a_folder_that_is_not_empty_is_refused(seed_files, tmp_path, kind, capsys):
+    # It replaced the user's config.json, and a workdir became a run hiding the runs in it.
+    out = tmp_path / "out"
+    if kind == "a workdir":
+        (out / "mnist" / checkpoint.CHECKPOINTS).mkdir(parents=True)
+    else:
+        out.mkdir()
+        (out / "config.json").write_text('{"mine": 1}')
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        keras_io.main(
+            ["import", str(seed_files[1] / "seed.keras"), "--dataset", "mnist", "--out", str(out)]
+        )
+    assert exit_info.value.code == 2
+    listed = "mnist" if kind == "a workdir" else "config.json"
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: --out {out} is not empty ({listed}): the run is written into a new or empty "
+        "folder; name one (nothing was changed)"
+    )
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    if kind != "a workdir":
+        assert (out / "config.json").read_text() == '{"mine": 1}'
+
+
 def test_export_wants_a_keras_file_name(imported, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         keras_io.main(["export", "--ckpt", str(imported[0]), "--out", str(tmp_path / "m.h5")])
