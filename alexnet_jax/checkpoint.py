@@ -676,6 +676,14 @@ def other_checkpoints(checkpoints: Checkpoints, unreadable: int | None) -> str:
 
 def _choose(checkpoints: Checkpoints, id: int | None, partial: bool, best: bool):
     """(id, is partial) of the checkpoint that load_trained's arguments name."""
+    if best and (id is not None or partial):  # it took the named one and called it the best
+        named = (
+            checkpoints.directory / (PARTIAL if partial else "") / ("" if id is None else str(id))
+        )
+        raise UserError(
+            f"--best picks a run's best checkpoint, and --ckpt names one ({named}): pass "
+            f"--ckpt {checkpoints.directory.parent} with --best, or leave --best out"
+        )
     if partial:
         steps = checkpoints.partial_steps()
         chosen = steps[-1] if id is None and steps else id

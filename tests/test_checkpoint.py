@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
-from alexnet_jax.checkpoint import QUARANTINE, Checkpoints, CorruptCheckpoint, locate
+from alexnet_jax.checkpoint import (
+    QUARANTINE,
+    Checkpoints,
+    CorruptCheckpoint,
+    load_trained,
+    locate,
+)
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh
 
@@ -111,6 +117,23 @@ def saved_run(tmp_path):
     checkpoints.save(1, state, config, [row(1, 0.5)])
     checkpoints.wait()
     return tmp_path, config, state
+
+
+def test_best_with_a_named_checkpoint_is_refused(tmp_path):
+    # It took the named epoch and called it "the best".
+    config, run = tiny_config(), tmp_path / "mnist"
+    checkpoints = Checkpoints(run / "checkpoints")
+    checkpoints.save(1, new_state(config), config, [row(1, 0.5)])
+    checkpoints.wait()
+    (run / "checkpoints" / "partial" / "5").mkdir(parents=True)  # what a stop names
+    for named in ("checkpoints/1", "checkpoints/partial/5", "checkpoints/partial"):
+        with pytest.raises(UserError) as error:
+            load_trained(run / named, best=True)
+        assert str(error.value) == (
+            f"--best picks a run's best checkpoint, and --ckpt names one ({run / named}): pass "
+            f"--ckpt {run} with --best, or leave --best out"
+        )
+    assert load_trained(run / "checkpoints" / "1").epoch == 1  # without --best it is read
 
 
 def largest_file(folder):
