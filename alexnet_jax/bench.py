@@ -238,14 +238,41 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def int_list(text: str) -> list[int]:
+def int_list(text: str, option: str) -> list[int]:
+    """The integers of `option`'s comma-separated `text`, each at least 1."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError as e:
-        raise UserError(f"{text!r} is not a comma-separated list of integers") from e
+        raise UserError(f"{option} {text!r} is not a comma-separated list of integers") from e
     if any(v < 1 for v in values):
-        raise UserError(f"{text!r}: every value must be at least 1")
+        raise UserError(f"{option}={text}: every value must be at least 1")
     return values
+
+
+# The integer options and their least values; None (not given) takes the default of DEFAULTS.
+LEAST = {
+    "image_size": 1,
+    "steps": 1,
+    "epochs": 1,
+    "eval_batch_size": 1,
+    "eval_batches": 1,
+    "profile": 0,
+}
+
+
+def check_arguments(args) -> None:
+    """Refuse option values that no measurement could use, before anything runs: each in one
+    line, as eval refuses --batch-size below 1."""
+    for key, low in LEAST.items():
+        value = getattr(args, key)
+        if value is not None and value < low:
+            raise UserError(f"--{key.replace('_', '-')}={value} must be at least {low}")
+    if args.batch_size is not None:
+        int_list(args.batch_size, "--batch-size")
+    if args.devices:  # empty: all of them, as in run_all
+        int_list(args.devices, "--devices")
+    if args.profile:
+        outputs.check_folder(args.profile_dir, "--profile-dir")
 
 
 def base_config(
@@ -318,16 +345,14 @@ def run_all(args) -> dict:
     args = defaults(args)
     names = args.configs.split(",")
     overrides = {name: configuration(name) for name in names}
-    if args.profile < 0:
-        raise UserError(f"--profile {args.profile}: a number of steps, 0 for none")
     available = jax.devices()
-    counts = int_list(args.devices) if args.devices else [len(available)]
+    counts = int_list(args.devices, "--devices") if args.devices else [len(available)]
     if max(counts) > len(available):
         raise UserError(f"--devices {args.devices}: only {len(available)} devices here")
     results = []
     document = {**environment(), "dataset": load_config(args.config).dataset, "results": results}
     for count in counts:
-        for batch_size in int_list(str(args.batch_size)):
+        for batch_size in int_list(str(args.batch_size), "--batch-size"):
             for name in names:
                 config = base_config(
                     args.config, args.image_size, args.eval_batch_size, args.overrides
@@ -355,6 +380,7 @@ def main(argv=None):
     add_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     args.overrides = overrides_from(rest)
+    check_arguments(args)
     outputs.check_file(args.out, "--out")
     document = run_all(args)
     env = {k: document[k] for k in ("device_kind", "device_count", "jax", "date")}

@@ -98,3 +98,40 @@ def test_configuration_names(name, expected):
 def test_bad_configuration_names_say_the_form(name):
     with pytest.raises(UserError, match="is not <stem>-<dtype>-k<steps>"):
         bench.configuration(name)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--epochs", "0"], "--epochs=0 must be at least 1"),
+        (["--epochs", "-1"], "--epochs=-1 must be at least 1"),
+        (["--eval-batches", "0"], "--eval-batches=0 must be at least 1"),
+        (["--steps", "-3"], "--steps=-3 must be at least 1"),
+        (["--steps", "0"], "--steps=0 must be at least 1"),
+        (["--eval-batch-size", "0"], "--eval-batch-size=0 must be at least 1"),
+        (["--image-size", "0"], "--image-size=0 must be at least 1"),
+        (["--profile", "-1"], "--profile=-1 must be at least 0"),
+        (["--batch-size", "8,0"], "--batch-size=8,0: every value must be at least 1"),
+        (["--batch-size", "eight"], "--batch-size 'eight' is not a comma-separated list"),
+        (["--devices", "0"], "--devices=0: every value must be at least 1"),
+        (["--profile", "2", "--profile-dir", "{file}"], "--profile-dir {file} is a file"),
+    ],
+)
+def test_bad_option_values_are_refused_in_one_line_before_anything_runs(
+    options, message, tmp_path, capsys, monkeypatch
+):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    options = [o.format(file=afile) for o in options]
+
+    def nothing_may_run(*args, **kwargs):
+        raise AssertionError("the bench ran before refusing its options")
+
+    monkeypatch.setattr(bench, "run_all", nothing_may_run)
+    monkeypatch.setattr(bench, "measure", nothing_may_run)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--configs", "conv11-f32-k1", "--batch-size", "8", *options])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message.format(file=afile)}")
+    assert err.count("\n") == 1 and "Traceback" not in err
