@@ -8,12 +8,16 @@ commands that train or evaluate (`train`, `tta`, `seeds`, `sweep`, `eval`, `pred
 turn it on when they start (`enable`), in a folder per host CPU model under the user's cache
 folder: executables are compiled for the host's instruction set, and a home folder may be shared
 by machines of several models. `JAX_COMPILATION_CACHE_DIR`, JAX's own variable, names another
-folder, or turns the cache off when empty. The folder may be deleted at any time; a cached
-executable is the one XLA compiled, so a run computes the same bits with or without it.
+folder, or turns the cache off when empty; a folder it names that is a file or cannot be made or
+written gets one warning line and no cache for the run (JAX's own warning named another cause).
+The folder may be deleted at any time; a cached executable is the one XLA compiled, so a run
+computes the same bits with or without it.
 """
 
 import hashlib
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -33,15 +37,42 @@ def default_folder() -> Path:
     return base / "alexnet_jax" / "xla" / host
 
 
-def enable() -> str | None:
-    """Turn the cache on, unless `JAX_COMPILATION_CACHE_DIR` is set (JAX reads it itself); the
-    folder in use, or None when there is none (the variable empty, or no folder could be made)."""
-    if VARIABLE in os.environ:
-        return os.environ[VARIABLE] or None
-    folder = default_folder()
+def unusable(folder: Path) -> str | None:
+    """Why `folder` cannot hold the cache (a file, or a folder that cannot be made or written),
+    or None when it can; it is made if it is not there."""
+    if folder.exists() and not folder.is_dir():
+        return "names a file"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except OSError as e:
+        return f"names a folder that cannot be made ({e.strerror or e})"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"names a folder that cannot be written ({e.strerror or e})"
+    return None
+
+
+def enable() -> str | None:
+    """Turn the cache on, unless `JAX_COMPILATION_CACHE_DIR` is set (JAX reads it itself); the
+    folder in use, or None when there is none (the variable empty, or no usable folder: one the
+    variable names that cannot be used is warned of in one line and the cache turned off)."""
+    if VARIABLE in os.environ:
+        named = os.environ[VARIABLE]
+        if not named or "://" in named:  # off, or a remote store (gs://...) left to JAX
+            return named or None
+        problem = unusable(Path(named))
+        if problem is None:
+            return named
+        print(
+            f"warning: {VARIABLE}={named} {problem}: the compilation cache is off for this run",
+            file=sys.stderr,
+        )
+        jax.config.update("jax_compilation_cache_dir", None)
+        return None
+    folder = default_folder()
+    if unusable(folder):
         return None  # a read-only home: the run compiles as without a cache
     jax.config.update("jax_compilation_cache_dir", str(folder))
     return str(folder)

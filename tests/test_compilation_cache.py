@@ -10,6 +10,7 @@ import pytest
 
 from alexnet_jax import compilation_cache
 from alexnet_jax.compilation_cache import VARIABLE, CacheUse, enable
+from alexnet_jax.environment import environment
 
 
 @pytest.fixture
@@ -56,6 +57,64 @@ def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off(
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     assert enable() is None
     assert jax.config.jax_compilation_cache_dir is None
+
+
+@pytest.mark.parametrize("kind", ["a file", "a folder under a file", "an unwritable folder"])
+def test_a_variable_naming_a_file_or_an_unwritable_folder_warns_once_and_turns_the_cache_off(
+    kind, tmp_path, monkeypatch, capsys, cache_dir_restored
+):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    named = {
+        "a file": afile,
+        "a folder under a file": afile / "cache",
+        "an unwritable folder": tmp_path / "read-only",
+    }[kind]
+    if kind == "an unwritable folder":
+        # chmod does not stop root; a folder that refuses its temporary file does.
+        def refused(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(compilation_cache.tempfile, "TemporaryFile", refused)
+    monkeypatch.setenv(VARIABLE, str(named))
+    jax.config.update("jax_compilation_cache_dir", str(named))  # as JAX read it at its import
+    assert enable() is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert environment()["compilation_cache_dir"] is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {VARIABLE}={named} names a ")
+    assert err.endswith(": the compilation cache is off for this run\n")
+    assert err.count("\n") == 1
+
+
+def test_a_command_with_the_variable_naming_a_file_compiles_without_the_cache(tmp_path):
+    # In a fresh process, as a command starts: one warning line (not JAX's UserWarning naming
+    # another cause), and JAX consults no cache.
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    env = dict(
+        os.environ, **{VARIABLE: str(afile), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    )
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from alexnet_jax.compilation_cache import CacheUse, enable\n"
+        "print(enable())\n"
+        "with CacheUse() as use:\n"
+        "    y = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.75)(jnp.ones((64, 64)))\n"
+        "    jax.block_until_ready(y)\n"
+        "print(use.summary())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == [
+        "None",
+        str({"folder": None, "programs_loaded": 0, "programs_compiled": 0}),
+    ]
+    assert done.stderr == (
+        f"warning: {VARIABLE}={afile} names a file: the compilation cache is off for this run\n"
+    )
+    assert afile.read_text() == "not a folder"
 
 
 def test_a_program_loaded_from_the_cache_is_counted_and_computes_the_same_bits():
