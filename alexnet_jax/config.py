@@ -7,10 +7,12 @@ beyond its fields: the dataset's spec and normalisation, the compute dtype, the 
 """
 
 import ast
+import contextlib
 import difflib
 import importlib.util
 import math
 import re
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,10 +167,11 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise UserError(f"config file {path} has no get_config() function")
-        config = module.get_config()
+        with _importable(file.parent):
+            module_spec.loader.exec_module(module)
+            if not hasattr(module, "get_config"):
+                raise UserError(f"config file {path} has no get_config() function")
+            config = module.get_config()
     except UserError:
         raise
     except Exception as e:
@@ -183,6 +186,41 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     if missing:
         raise UserError(f"config file {path}: get_config() lacks {', '.join(missing)}: {start}")
     return config
+
+
+@contextlib.contextmanager
+def _importable(folder: Path):
+    """The experiment file's folder on `sys.path` while it loads, so that it can import a file
+    beside it (`from base import get_config as base`), as a script run there could. Unless the
+    folder was on the path already, it is taken off afterwards, with the modules imported from
+    it, so that another folder's file of the same name is not taken for it later."""
+    entry = str(folder.resolve())
+    if entry in sys.path:
+        yield
+        return
+    before = set(sys.modules)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+        added = set(sys.modules) - before
+        beside = {name for name in added if "." not in name and _in(sys.modules[name], entry)}
+        for name in added:
+            if name.partition(".")[0] in beside:  # a module of the folder, or of its package
+                del sys.modules[name]
+
+
+def _in(module, folder: str) -> bool:
+    """Whether `module` is a file in `folder`, or a package there (`folder/NAME/__init__.py`)."""
+    origin = getattr(module, "__file__", None)
+    if not origin:
+        return False
+    file = Path(origin).resolve()
+    return str(file.parent) == folder or (
+        file.name == "__init__.py" and str(file.parent.parent) == folder
+    )
 
 
 def _describe(error: Exception, file: Path) -> str:

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from alexnet_jax.config import apply_overrides, default_config, load_config, validate
@@ -82,3 +84,30 @@ def test_missing_config_file(tmp_path):
     broken.write_text("def nothing(): pass\n")
     with pytest.raises(UserError, match="no get_config"):
         load_config(broken)
+
+
+def test_an_experiment_file_imports_the_files_beside_it_and_leaves_the_path_as_it_was(tmp_path):
+    # A user's experiments in their own folder: one builds on another beside it, at import and
+    # inside get_config, as experiments/*.py build on default_config().
+    def experiments(folder, batch_size):
+        folder.mkdir()
+        (folder / "good.py").write_text((ROOT / "experiments" / "quick.py").read_text())
+        (folder / "helpers").mkdir()
+        (folder / "helpers" / "__init__.py").write_text(f"BATCH = {batch_size}\n")
+        (folder / "sib.py").write_text(
+            "from good import get_config as base\n\n\n"
+            "def get_config():\n"
+            "    from helpers import BATCH\n\n"
+            "    config = base()\n"
+            "    config.batch_size = BATCH\n"
+            "    return config\n"
+        )
+        return folder / "sib.py"
+
+    path_before = list(sys.path)
+    assert load_config(experiments(tmp_path / "mine", 48)).batch_size == 48
+    assert sys.path == path_before
+    assert "good" not in sys.modules and "helpers" not in sys.modules
+    # Another folder's files of the same names are its own, not the first folder's.
+    assert load_config(experiments(tmp_path / "theirs", 24)).batch_size == 24
+    assert sys.path == path_before
