@@ -167,7 +167,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     try:
-        with _importable(file.parent):
+        with importable(file.parent):
             module_spec.loader.exec_module(module)
             if not hasattr(module, "get_config"):
                 raise UserError(f"config file {path} has no get_config() function")
@@ -189,7 +189,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 
 @contextlib.contextmanager
-def _importable(folder: Path):
+def importable(folder: Path):
     """The experiment file's folder on `sys.path` while it loads, so that it can import a file
     beside it (`from base import get_config as base`), as a script run there could. Unless the
     folder was on the path already, it is taken off afterwards, with the modules imported from

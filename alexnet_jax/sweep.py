@@ -31,7 +31,7 @@ import numpy as np
 
 from alexnet_jax import compilation_cache, outputs
 from alexnet_jax.cli import command_parser, config_from_command_line
-from alexnet_jax.config import RESUMABLE_CHANGES, validate
+from alexnet_jax.config import RESUMABLE_CHANGES, importable, validate
 from alexnet_jax.data import Dataset, Split, load_training_data
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
@@ -59,7 +59,8 @@ ROW_FIELDS = (
 def load_variants(path: str) -> dict[str, dict]:
     """`get_variants()` of a sweep file: {name: {field: value}}."""
     try:
-        variants = runpy.run_path(str(path))["get_variants"]()
+        with importable(Path(path).parent):  # as load_config reads the same file's base
+            variants = runpy.run_path(str(path))["get_variants"]()
     except KeyError:
         raise UserError(f"sweep file {path} has no get_variants() function") from None
     except Exception as e:

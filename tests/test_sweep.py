@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -85,6 +86,24 @@ def test_the_experiments_sweeps_are_valid_and_tune_on_validation_only(name):
     for variant, changes in variants.items():
         config = sweep.variant_config(base, variant, changes)
         assert config.validation_examples > 0
+
+
+def test_a_sweep_file_imports_the_files_beside_it(tmp_path):
+    (tmp_path / "variants.py").write_text("CUTOUT = {'cutout8': {'cutout': 8}}\n")
+    path = tmp_path / "my_sweep.py"
+    path.write_text(
+        "from alexnet_jax.config import load_config\n"
+        "from variants import CUTOUT\n\n\n"
+        "def get_config():\n"
+        f"    config = load_config({str(ROOT / 'experiments' / 'quick.py')!r})\n"
+        "    config.validation_examples = 64\n"
+        "    return config\n\n\n"
+        "def get_variants():\n"
+        "    return {'base': {}, **CUTOUT}\n"
+    )
+    assert sweep.load_variants(path) == {"base": {}, "cutout8": {"cutout": 8}}
+    assert load_config(path).validation_examples == 64
+    assert "variants" not in sys.modules
 
 
 def test_the_command_refuses_an_unknown_variant(capsys):
