@@ -29,7 +29,10 @@ from alexnet_jax.parallel import make_mesh
 # What a directory is searched for; a file named explicitly or by a pattern is tried whatever
 # its name.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# How a file's pixels are stored (the raw mode of its first tile), where Pillow opens unsigned
+# 16-bit data as mode "I" (32-bit) instead of an "I;16" mode.
+SIXTEEN_BIT_RAWMODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 @dataclass
@@ -98,12 +101,12 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarra
             if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
                 image = ImageOps.exif_transpose(image)
                 conversions.append("turned upright as its EXIF orientation says")
-            size, mode = image.size, image.mode
+            size, mode, sixteen_bit = image.size, image.mode, _is_sixteen_bit(image)
             # JPEG only: decode at a reduced scale that still covers the target, which makes
             # huge photos cheap. Other formats ignore it.
             image.draft("L" if channels == 1 else "RGB", (width, height))
             image.load()
-            image, converted = _to_mode(image, channels, mode)
+            image, converted = _to_mode(image, channels, mode, sixteen_bit)
             conversions += converted
             if size != (width, height):
                 note = f"resized {size[0]}x{size[1]} to {width}x{height}"
@@ -125,20 +128,51 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarra
     return array, conversions
 
 
-def _to_mode(image: Image.Image, channels: int, mode: str) -> tuple[Image.Image, list[str]]:
+def _is_sixteen_bit(image: Image.Image) -> bool:
+    """Whether the file, as opened and not yet loaded, holds unsigned 16-bit pixels.
+
+    Pillow opens some of them as mode "I" (a 16-bit PNG in older versions, a PGM with a maxval
+    over 255, which it scales to 0..65535), like 32-bit and signed 16-bit files: the raw mode
+    the file is decoded from tells them apart.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        return True
+    if image.mode != "I":
+        return False
+    if image.format in ("PNG", "PPM"):  # neither stores 32-bit or signed pixels
+        return True
+    args = image.tile[0].args if image.tile else None
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return rawmode in SIXTEEN_BIT_RAWMODES
+
+
+def _to_mode(
+    image: Image.Image, channels: int, mode: str, sixteen_bit: bool = False
+) -> tuple[Image.Image, list[str]]:
     """`image` as 8-bit grayscale (channels 1) or RGB (3), and what that changed.
 
-    `mode` is the file's own mode, which a JPEG draft may have converted already.
+    `mode` is the file's own mode, which a JPEG draft may have converted already; `sixteen_bit`
+    says that its pixels are unsigned 16-bit (`_is_sixteen_bit`). Raises ImageError for 32-bit,
+    signed and floating-point pixels, which have no one scale to 8 bits.
     """
     target, name = ("L", "grayscale") if channels == 1 else ("RGB", "RGB")
     notes = [] if mode == target else [f"converted {mode} to {name}"]
-    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
-        # Pillow's convert() clips these to 255 instead of scaling them.
-        values = np.asarray(image, np.float64)
-        if image.mode != "F" and values.max(initial=0) > 255:
-            values = values / 257
-            notes.append("16-bit values scaled to 8 bits")
+    if sixteen_bit and image.mode in ("I", *SIXTEEN_BIT_MODES):
+        # Always the same scale, whatever the content: 65535 -> 255. Pillow's convert() would
+        # clip them to 255 instead.
+        values = np.asarray(image, np.float64) / 257
+        notes.append("16-bit values scaled to 8 bits (divided by 257)")
         image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        raise ImageError(
+            "floating-point pixels (mode F) have no standard scale to 8 bits:"
+            " save it as an 8- or 16-bit image"
+        )
+    elif image.mode in ("I", *SIXTEEN_BIT_MODES):
+        raise ImageError(
+            f"32-bit or signed integer pixels (mode {image.mode}) have no standard scale to 8"
+            " bits: save it as an 8- or 16-bit image"
+        )
     elif image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

@@ -1,4 +1,5 @@
 import json
+import re
 import warnings
 
 import numpy as np
@@ -28,7 +29,56 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     values = np.tile(values, (1, 7))  # 28 x 28
     image, conversions = predict.load_image(save(values, tmp_path / "g.png"), MNIST_SHAPE)
     np.testing.assert_array_equal(image[0, :4, 0], [0, 100, 255, 37])
-    assert conversions == ["converted I;16 to grayscale", "16-bit values scaled to 8 bits"]
+    assert conversions == [
+        "converted I;16 to grayscale",
+        "16-bit values scaled to 8 bits (divided by 257)",
+    ]
+
+
+def test_16_bit_values_are_scaled_the_same_whatever_their_range(tmp_path):
+    """Two files that differ by one pixel give the same digit: no guess from the maximum."""
+    dim = np.zeros((28, 28), np.uint16)
+    dim[10:18, 10:18] = 257 * 200
+    bright = dim.copy()
+    bright[0, 0] = 65535
+    low = np.where(dim > 0, 200, 0).astype(np.uint16)  # all values <= 255: still 16-bit
+    images = [
+        predict.load_image(save(a, tmp_path / f"{i}.png"), MNIST_SHAPE)
+        for i, a in enumerate((dim, bright, low))
+    ]
+    np.testing.assert_array_equal(images[0][0][10:18, 10:18], 200)
+    np.testing.assert_array_equal(images[1][0][10:18, 10:18], 200)
+    assert images[1][0][0, 0] == 255
+    np.testing.assert_array_equal(images[2][0][10:18, 10:18], 1)  # 200 / 257
+    for _, conversions in images:
+        assert "16-bit values scaled to 8 bits (divided by 257)" in conversions
+
+
+def test_a_16_bit_file_that_pillow_opens_as_mode_i_is_scaled(tmp_path):
+    # A PGM with maxval 65535 opens as mode "I", as 16-bit PNGs do in older Pillow.
+    path = tmp_path / "g.pgm"
+    path.write_bytes(b"P5 28 28 65535\n" + np.full((28, 28), 257 * 90, ">u2").tobytes())
+    with Image.open(path) as opened:
+        assert opened.mode == "I"
+    image, conversions = predict.load_image(path, MNIST_SHAPE)
+    assert (image == 90).all()
+    assert conversions == [
+        "converted I to grayscale",
+        "16-bit values scaled to 8 bits (divided by 257)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((28, 28), 70000, np.int32), "32-bit or signed integer pixels (mode I)"),
+        (np.full((28, 28), 0.5, np.float32), "floating-point pixels (mode F)"),
+    ],
+)
+def test_32_bit_and_float_images_are_refused(tmp_path, array, message):
+    path = save(array, tmp_path / "wide.tif")
+    with pytest.raises(predict.ImageError, match=re.escape(message)):
+        predict.load_image(path, MNIST_SHAPE)
 
 
 def test_transparency_is_flattened_onto_black(tmp_path):
@@ -139,7 +189,7 @@ def test_cli_reports_conversions_and_failures_per_file(tiny_run, tmp_path, capsy
     assert files["exact.png"]["conversions"] == []
     assert files["gray16.png"]["conversions"] == [
         "converted I;16 to grayscale",
-        "16-bit values scaled to 8 bits",
+        "16-bit values scaled to 8 bits (divided by 257)",
         "resized 40x40 to 28x28",
     ]
     assert files["palette.gif"]["conversions"] == [
