@@ -9,8 +9,10 @@ usage error (a bad option or checkpoint).
 
 import argparse
 import contextlib
+import errno
 import functools
 import glob
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -59,7 +61,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Prediction]:
         path = Path(text)
         if path.is_dir():
             files = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.iterdir() if _is_file(p) and p.suffix.lower() in IMAGE_SUFFIXES
             )
             if not files:
                 entries.append(Prediction(text, error="no image files in this directory"))
@@ -67,11 +69,16 @@ def expand_inputs(inputs: Sequence[str]) -> list[Prediction]:
         elif path.exists() or not any(c in text for c in "*?["):
             entries.append(Prediction(text))  # a missing file fails when it is read
         else:
-            matches = sorted(m for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            matches = sorted(m for m in glob.glob(text, recursive=True) if _is_file(Path(m)))
             if not matches:
                 entries.append(Prediction(text, error="no file matches this pattern"))
             entries += [Prediction(m) for m in matches]
     return entries
+
+
+def _is_file(path: Path) -> bool:
+    """A file, or a broken symbolic link: that fails when it is read, with its own line."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 @contextlib.contextmanager
@@ -116,6 +123,8 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarra
                 image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
             array = np.asarray(image, np.uint8).reshape(height, width, channels)
     except FileNotFoundError:
+        if Path(path).is_symlink():
+            raise ImageError(f"broken symbolic link (to {os.readlink(path)})") from None
         raise ImageError("no such file") from None
     except PermissionError:
         raise ImageError("permission denied") from None
@@ -123,7 +132,11 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarra
         raise ImageError("not an image file that Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"refused as too large ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or malformed data
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError("symbolic links in a loop") from None
+        raise ImageError(f"cannot decode it ({first_line(e)})") from None
+    except (ValueError, SyntaxError) as e:  # truncated or malformed data
         raise ImageError(f"cannot decode it ({first_line(e)})") from None
     return array, conversions
 

@@ -1,6 +1,7 @@
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,25 @@ def test_inputs_expand_from_directories_and_patterns(tmp_path):
         ("T/empty", "no image files in this directory"),
         ("gone.png", None),  # fails when it is read: "no such file"
     ]
+
+
+def test_a_broken_symlink_in_a_directory_is_a_failed_input(tiny_run, tmp_path, capsys):
+    save(np.zeros((28, 28), np.uint8), tmp_path / "zero.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")  # a link to itself
+    for inputs in ([str(tmp_path)], [str(tmp_path / "*.png")]):
+        assert [Path(e.file).name for e in predict.expand_inputs(inputs)] == [
+            "gone.png",
+            "loop.png",
+            "zero.png",
+        ]
+    assert predict.main(["--ckpt", str(tiny_run), str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path}/gone.png: error: broken symbolic link (to {tmp_path}/deleted.png)" in (
+        captured.out
+    )
+    assert f"{tmp_path}/loop.png: error: symbolic links in a loop" in captured.out
+    assert "2 of 3 inputs failed" in captured.err
 
 
 def test_cli_reports_conversions_and_failures_per_file(tiny_run, tmp_path, capsys):
