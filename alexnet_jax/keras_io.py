@@ -222,9 +222,9 @@ def _read_weights_h5(file, path: Path) -> dict[str, list[np.ndarray]]:
     missing = [name for name in WEIGHTED if prefix + name not in groups]
     extra = sorted(set(groups) - {prefix + name for name in WEIGHTED})
     if missing or extra:
-        what = f"no weights for {', '.join(missing)}" if missing else ""
-        what += ("; " if what else "") + (f"weights of {', '.join(extra)}" if extra else "")
-        raise UserError(f"{path} has {what}: not the weights of the seed's AlexNet")
+        what = [f"no weights for {', '.join(missing)}"] if missing else []
+        what += [f"weights of {', '.join(extra)}"] if extra else []
+        raise UserError(f"{path} has {'; '.join(what)}: not the weights of the seed's AlexNet")
     arrays = {}
     for name in WEIGHTED:
         variables = file[f"{prefix}{name}/vars"]

@@ -348,7 +348,12 @@ def bad_files(seed_files, tmp_path_factory):
             [],
             "layer 2 (flatten) is a Flatten, where the seed's AlexNet has batch_normalization",
         ),
-        ("other.weights.h5", ["--input-scale", "unit"], "has no weights for batch_normalization"),
+        (
+            "other.weights.h5",
+            ["--input-scale", "unit"],
+            # The missing layers listed, then straight on to the reason: no stray "; ".
+            "dense_2: not the weights of the seed's AlexNet",
+        ),
         (
             "seed:seed.keras",
             ["--dataset", "cifar10"],
