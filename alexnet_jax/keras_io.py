@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import artifacts, checkpoint, outputs, preprocess
+from alexnet_jax import artifacts, checkpoint, outputs
 from alexnet_jax.config import default_config, derive, validate
 from alexnet_jax.data import DATASETS, spec
 from alexnet_jax.errors import UserError, cli, first_line
+from alexnet_jax.evaluation import combined_logits, view_logits, views
 from alexnet_jax.model import BN_EPSILON, LAYERS, MIN_IMAGE_SIZE, AlexNet, feature_size
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state, inference_variables
@@ -251,6 +252,7 @@ def _read_keras2_weights(group, path: Path) -> dict[str, list[np.ndarray]]:
 def _from_keras_model(model, path: Path, format: str, version: str | None) -> KerasWeights:
     """Check a loaded Keras model layer by layer against the seed's table; take its weights."""
     keras = _keras_model().keras
+    model, views_note = _single_view(model, keras)
     layers = _flat_layers(model, keras)
     start = next((i for i, layer in enumerate(layers) if type(layer).__name__ == "Conv2D"), None)
     if start is None:
@@ -262,6 +264,7 @@ def _from_keras_model(model, path: Path, format: str, version: str | None) -> Ke
     except (AttributeError, IndexError, TypeError, ValueError):  # a model never built
         integer_input = False
     read.input_scale, read.notes = _input_scale(layers[:start], path, keras, integer_input)
+    read.notes += [views_note] if views_note else []
     # zip stops at the shorter: a model that ends early is told after its layers are checked.
     for position, (layer, (name, kind, args)) in enumerate(
         zip(stack, LAYERS, strict=False), start + 1
@@ -291,6 +294,19 @@ def _from_keras_model(model, path: Path, format: str, version: str | None) -> Ke
             )
     read.image_size = _square_input(stack[0], path)
     return read
+
+
+def _single_view(model, keras):
+    """(the model of one view, a note) for a `keras_io export` with test-time views, which
+    nests the single-view model (`keras_model.views_model`); (model, None) for any other."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    name = model.name.rsplit("_", 2)
+    if len(nested) != 1 or len(name) != 3 or name[2] != "views" or not name[1].isdigit():
+        return model, None
+    return nested[0], (
+        f"its {name[1]} test-time views are not imported: the run evaluates one view unless "
+        "you set eval_flip / eval_shift in its config"
+    )
 
 
 def _flat_layers(model, keras) -> list:
@@ -668,7 +684,12 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
     config = trained.config
     variables = jax.device_get(inference_variables(trained.state))
     model = keras_model.inference_model(
-        config.dataset, config.image_size, variables, config.dropout_rate
+        config.dataset,
+        config.image_size,
+        variables,
+        config.dropout_rate,
+        flip=config.eval_flip,
+        shift=config.eval_shift,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed, so that a failed export never leaves half a file at `out`.
@@ -691,19 +712,36 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
     classes = trained.derived.num_classes
     say(f"  {out}: Keras 3, uint8 [batch, {shape}] -> logits [batch, {classes}], resize to")
     say(f"  {config.image_size}x{config.image_size} and normalisation inside")
+    count = len(views(config.eval_flip, config.eval_shift))
+    if count > 1:
+        say(
+            f"  the run's {count} test-time views inside (eval_flip={config.eval_flip}, "
+            f"eval_shift={config.eval_shift}): logits whose softmax is the mean of theirs"
+        )
     say(f"  checked: read back with safe_mode, logits within {difference:.2g} of alexnet_jax's")
     return out, difference
 
 
 def logits(trained: checkpoint.Trained, images: np.ndarray) -> np.ndarray:
-    """alexnet_jax's float32 logits of uint8 images, from the run's inference variables."""
+    """alexnet_jax's float32 logits of uint8 images, from the run's inference variables, over
+    the run's test-time views as evaluation combines them."""
     config, dataset = trained.config, trained.derived.dataset
     model = AlexNet(trained.derived.num_classes, stem=config.stem)
 
     @jax.jit
     def forward(variables, images):
-        x = preprocess.to_model_input(images, config.image_size, dataset.mean, dataset.std)
-        return model.apply(variables, x, train=False)
+        options = dict(image_size=config.image_size, mean=dataset.mean, std=dataset.std)
+        return combined_logits(
+            view_logits(
+                model.apply,
+                variables,
+                images,
+                **options,
+                dtype=jnp.float32,
+                flip=config.eval_flip,
+                shift=config.eval_shift,
+            )
+        )
 
     return np.asarray(forward(inference_variables(trained.state), images))
 

@@ -15,6 +15,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from alexnet_jax.data import DATASETS  # noqa: E402
+from alexnet_jax.evaluation import views  # noqa: E402
 from alexnet_jax.model import BN_EPSILON, BN_MOMENTUM, LAYERS  # noqa: E402
 
 # Each weighted layer's Keras weights, in Keras' order, as (Flax collection, Flax name).
@@ -117,14 +118,93 @@ def set_weights(model: keras.Model, variables: dict) -> None:
 
 
 def inference_model(
-    dataset: str, image_size: int, variables: dict, dropout_rate: float = 0.5
-) -> keras.Sequential:
+    dataset: str,
+    image_size: int,
+    variables: dict,
+    dropout_rate: float = 0.5,
+    flip: bool = False,
+    shift: int = 0,
+) -> keras.Model:
     """uint8 images of the dataset's shape -> logits, as alexnet_jax evaluates them.
 
     Rescaling(1/255), Resizing (bilinear) to `image_size` and Normalization by the dataset's
     per-channel mean and std come first, in alexnet_jax's order, then the seed's layers with
     `variables` (Flax). Rescaling goes first because Keras' Resizing rounds integer images.
+    With test-time views (`flip`, `shift`: the run's `eval_flip`, `eval_shift`), that model is
+    nested in one that runs it on each view and combines them as evaluation does
+    (`views_model`); with none, it is the whole model.
     """
+    single = _single_view_model(dataset, image_size, variables, dropout_rate)
+    if len(views(flip, shift)) == 1:
+        return single
+    return views_model(single, dataset, flip, shift)
+
+
+def views_model(single: keras.Model, dataset: str, flip: bool, shift: int) -> keras.Model:
+    """`single` (uint8 images -> logits) on each of evaluation's test-time views, combined as
+    `evaluation.combined_logits` does: logits whose softmax is the mean of the views'.
+
+    Only Keras' own layers, so that the file loads with safe_mode: a shift is ZeroPadding2D and
+    Cropping2D; the mirror is the columns cropped one by one and concatenated in reverse, taken
+    of the source image before the resize (alexnet_jax mirrors after it: the same up to the
+    rounding of the resize); the log of the mean probability is log_softmax's own logsumexp:
+    for each class, log_softmax over the views' log-probabilities [l_1 .. l_n] gives
+    l_1 - logsumexp(l), so l_1 minus that, less log n, is the combined logit.
+    """
+    layers = keras.layers
+    data = DATASETS[dataset]
+    height, width, _ = data.image_shape
+    images = keras.Input(data.image_shape, dtype="uint8", name="images")
+    mirrored = None
+    if flip:
+        columns = [
+            layers.Cropping2D(((0, 0), (j, width - 1 - j)), name=f"mirror_column_{j}")(images)
+            for j in reversed(range(width))
+        ]
+        mirrored = layers.Concatenate(axis=2, name="mirror")(columns)
+
+    def moved(source, dy, dx, name):
+        if dy == dx == 0:
+            return source
+        pad = max(abs(dy), abs(dx))
+        padded = layers.ZeroPadding2D(pad, name=f"{name}_pad")(source)
+        crop = ((pad - dy, pad + dy), (pad - dx, pad + dx))
+        return layers.Cropping2D(crop, name=f"{name}_crop")(padded)
+
+    log_probabilities = []
+    for view in views(flip, shift):
+        (dy, dx), mirror = view["shift"], view["flip"]
+        # Mirroring after a move right is the mirror moved left.
+        source = moved(mirrored, dy, -dx, f"view_{len(log_probabilities)}") if mirror else None
+        source = source if mirror else moved(images, dy, dx, f"view_{len(log_probabilities)}")
+        log_probabilities.append(
+            layers.Activation("log_softmax", name=f"view_{len(log_probabilities)}_log_softmax")(
+                single(source)
+            )
+        )
+    count, classes = len(log_probabilities), len(data.class_names)
+    stacked = layers.Concatenate(axis=-1, name="views")(
+        [
+            layers.Reshape((classes, 1), name=f"view_{i}_column")(x)
+            for i, x in enumerate(log_probabilities)
+        ]
+    )
+    relative = layers.Activation("log_softmax", name="views_log_softmax")(stacked)
+    first = layers.Reshape((classes,), name="first_view_relative")(
+        layers.Cropping1D((0, count - 1), name="first_view")(
+            layers.Permute((2, 1), name="views_first")(relative)
+        )
+    )
+    logsumexp = layers.Subtract(name="logsumexp")([log_probabilities[0], first])
+    combined = layers.Rescaling(1.0, offset=-float(np.log(count)), name="mean_probability")(
+        logsumexp
+    )
+    return keras.Model(images, combined, name=f"{single.name}_{count}_views")
+
+
+def _single_view_model(
+    dataset: str, image_size: int, variables: dict, dropout_rate: float
+) -> keras.Sequential:
     data = DATASETS[dataset]
     layers = keras.layers
     front = [keras.Input(data.image_shape, dtype="uint8", name="images")]

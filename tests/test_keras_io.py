@@ -291,6 +291,47 @@ def test_export_then_import_gives_back_identical_arrays(averaged_run, imported_t
     assert not np.array_equal(average["params"]["conv2d"]["kernel"], trained_kernel)
 
 
+def test_a_single_view_export_is_the_plain_sequential_model(exported):
+    model = keras.saving.load_model(exported, safe_mode=True)
+    assert isinstance(model, keras.Sequential) and model.name == "alexnet_mnist"
+
+
+def test_the_keras_export_takes_the_runs_test_time_views(
+    averaged_run, imported_trained, cpu_devices, tmp_path
+):
+    """A run evaluated over views (eval_flip, eval_shift) exports them: the Keras logits are
+    evaluation's combined ones, and importing the file back gives the same weights."""
+    run = tmp_path / "views" / "mnist"
+    config = imported_trained.config.copy_and_resolve_references()
+    config.ema_decay, config.eval_flip, config.eval_shift = 0.99, True, 2
+    checkpoints = checkpoint.Checkpoints(run / checkpoint.CHECKPOINTS)
+    state = imported_trained.state.replace(ema=averaged_run[1])  # as averaged_run's
+    checkpoints.save(0, state, config, [])
+    checkpoints.wait()
+    checkpoints.close()
+
+    lines = []
+    path, _ = keras_io.export_model(run, tmp_path / "views.keras", say=lines.append)
+    assert "the run's 10 test-time views inside (eval_flip=True, eval_shift=2)" in "\n".join(lines)
+    model = keras.saving.load_model(path, safe_mode=True)
+    images = random_images(6, seed=5)
+    keras_logits = model.predict(images, verbose=0)
+
+    trained = checkpoint.load_trained(run, mesh=make_mesh(cpu_devices[:1]))
+    options = evaluation.inference_options(trained.config, trained.derived)
+    probabilities = evaluation.class_probabilities(trained.state, images, **options)
+    np.testing.assert_allclose(jax.nn.softmax(keras_logits), probabilities, rtol=1e-4, atol=1e-6)
+    views = evaluation.view_logits(
+        trained.state.apply_fn, inference_variables(trained.state), images, **options
+    )
+    within_tolerance(keras_logits, evaluation.combined_logits(views))
+    assert np.abs(keras_logits - views[0]).max() > 1e-3  # not the single view's
+
+    read = keras_io.read_model(path, "mnist")
+    assert_same_arrays(read.variables, inference_variables(trained.state))
+    assert any("its 10 test-time views are not imported" in note for note in read.read.notes)
+
+
 def test_a_cifar10_model_scales_each_channel_out_and_back(tmp_path):
     """The export's front for 3 channels (per-channel mean and std), without a run."""
     variables = random_variables(SIZE, 3, seed=3)
