@@ -24,6 +24,7 @@ import numpy as np
 from alexnet_jax import checkpoint, compilation_cache, exported, outputs
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import combined_logits, inference_options, view_logits, views
+from alexnet_jax.outputs import listed
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
 
@@ -232,24 +233,19 @@ def check_replaceable(out: Path) -> None:
         if at_risk:
             raise UserError(
                 f"--out {out} is not an alexnet_jax export (it has no manifest of one), and "
-                f"exporting would replace or remove its {_listed(at_risk)}: move them away, "
+                f"exporting would replace or remove its {listed(at_risk)}: move them away, "
                 "or name an empty or new folder"
             )
         raise UserError(
-            f"--out {out} holds files that are not an alexnet_jax export ({_listed(present)}): "
+            f"--out {out} holds files that are not an alexnet_jax export ({listed(present)}): "
             "name an empty or new folder"
         )
     theirs = [name for name in EXPORT_FILES if name in present and name not in ours]
     if theirs:
         raise UserError(
-            f"--out {out} holds an earlier export and a {_listed(theirs)} that it did not write, "
+            f"--out {out} holds an earlier export and a {listed(theirs)} that it did not write, "
             "which exporting would replace or remove: move it away, or name another folder"
         )
-
-
-def _listed(names: list[str], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def export_checked(

@@ -602,12 +602,9 @@ def import_model(
     # workdir named here would become a run that hides the runs inside it.
     present = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
     if present:
-        shown = ", ".join(present[:3]) + (
-            f" and {len(present) - 3} more" if len(present) > 3 else ""
-        )
         raise UserError(
-            f"--out {out} is not empty ({shown}): the run is written into a new or empty "
-            "folder; name one (nothing was changed)"
+            f"--out {out} is not empty ({outputs.listed(present)}): the run is written into a "
+            "new or empty folder; name one (nothing was changed)"
         )
     imported = read_model(source, dataset, input_scale, image_size)
     read, size, scale, folded = (

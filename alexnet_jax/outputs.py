@@ -88,3 +88,9 @@ def _check_writable(folder: Path, what: str, fix: str = "name another place") ->
             pass
     except OSError as e:
         raise UserError(f"{what} cannot be written ({existing}: {e.strerror or e}): {fix}") from e
+
+
+def listed(names: list[str], shown: int = 3) -> str:
+    """The first `shown` of `names` for a one-line message, and how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
