@@ -31,10 +31,9 @@ from alexnet_jax.parallel import make_mesh
 # What a directory is searched for; a file named explicitly or by a pattern is tried whatever
 # its name.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Unsigned 16-bit pixels: as an image's mode, or as the raw mode a file is decoded from where
+# Pillow opens such data as mode "I" (32-bit).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-# How a file's pixels are stored (the raw mode of its first tile), where Pillow opens unsigned
-# 16-bit data as mode "I" (32-bit) instead of an "I;16" mode.
-SIXTEEN_BIT_RAWMODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 @dataclass
@@ -156,11 +155,11 @@ def _is_sixteen_bit(image: Image.Image) -> bool:
         return True
     args = image.tile[0].args if image.tile else None
     rawmode = args[0] if isinstance(args, tuple) and args else args
-    return rawmode in SIXTEEN_BIT_RAWMODES
+    return rawmode in SIXTEEN_BIT_MODES
 
 
 def _to_mode(
-    image: Image.Image, channels: int, mode: str, sixteen_bit: bool = False
+    image: Image.Image, channels: int, mode: str, sixteen_bit: bool
 ) -> tuple[Image.Image, list[str]]:
     """`image` as 8-bit grayscale (channels 1) or RGB (3), and what that changed.
 
