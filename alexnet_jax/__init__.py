@@ -12,6 +12,15 @@ The names load lazily, so that `import alexnet_jax.exported` (the export's loade
 """
 
 import importlib
+import sys
+
+# `python -m alexnet_jax.<command>` imports this package first, while sys.argv[0] is still "-m"
+# (Python's documented placeholder): Ctrl-C during the command's imports then exits quietly.
+# Notebooks, scripts and `python -c` are left with Python's Ctrl-C.
+if getattr(sys, "argv", None) and sys.argv[0] == "-m":
+    from alexnet_jax.errors import stop_quietly_while_starting
+
+    stop_quietly_while_starting()
 
 __version__ = "0.1.0"
 

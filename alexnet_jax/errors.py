@@ -3,6 +3,7 @@
 import errno
 import functools
 import os
+import signal
 import sys
 
 
@@ -30,6 +31,8 @@ def cli(main):
         if not args and "argv" not in kwargs:  # the command line: the shell's words
             sys.argv[1:] = [expand_home(word) for word in sys.argv[1:]]
         try:
+            if signal.getsignal(signal.SIGINT) is _stopped_while_starting:
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # the command's own
             return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -65,6 +68,23 @@ def cli(main):
             sys.exit(1)
 
     return wrapper
+
+
+def stop_quietly_while_starting() -> None:
+    """Make Ctrl-C during a command's first seconds, while it imports JAX, exit with one line.
+
+    Python raises KeyboardInterrupt inside whichever import runs: a traceback, or, in one of
+    JAX's garbage-collection callbacks, a printed message and no stop at all. Nothing has been
+    written yet, so exiting at once loses nothing; `cli` puts Python's handler back when the
+    command starts. A Ctrl-C that is ignored (a background job) stays ignored.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stopped_while_starting)
+
+
+def _stopped_while_starting(signum, frame):
+    os.write(2, b"error: stopped by SIGINT\n")
+    os._exit(130)
 
 
 def expand_home(word: str) -> str:

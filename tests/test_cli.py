@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -172,6 +173,30 @@ def test_ctrl_c_during_a_long_evaluation_ends_the_command_at_once():
     try:
         assert process.stdout.readline() == "evaluating\n"
         time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130 and err == "error: stopped by SIGINT\n", err[-2000:]
+
+
+def test_ctrl_c_while_a_command_imports_jax_is_one_line(tmp_path):
+    # Python raised KeyboardInterrupt inside the import that ran: a traceback, or none and no
+    # stop at all when it fell in one of JAX's garbage-collection callbacks.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_jax.eval", "--ckpt", str(tmp_path / "none")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Python's Ctrl-C, which a process started in the background lacks
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        maps = Path(f"/proc/{process.pid}/maps")
+        while process.poll() is None and "jaxlib/_jax" not in maps.read_text():
+            time.sleep(0.001)  # until JAX's library is loaded: its import, and others, go on
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
