@@ -428,8 +428,15 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
         if key not in RESUMABLE_CHANGES and saved.get(key) != config[key]
     ]
     if changed:
+        # The most common case: a finished run asked for more epochs. Its learning rate was
+        # laid out over num_epochs, so more epochs are another run, not a longer one.
+        why = (
+            " (the learning-rate schedule spans num_epochs: more epochs are a new run)"
+            if saved.get("num_epochs") != config.num_epochs
+            else ""
+        )
         raise UserError(
-            f"{where} holds a run with other settings ({'; '.join(changed)}): "
+            f"{where} holds a run with other settings ({'; '.join(changed)}){why}: "
             "use another --workdir, or the run's own settings to resume it"
         )
 

@@ -25,7 +25,7 @@ from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import TIMING_FIELDS
-from alexnet_jax.rundir import LIBRARY_LOG, LOCK, RunLock, with_timings
+from alexnet_jax.rundir import LIBRARY_LOG, LOCK, RunLock, check_resumable, with_timings
 
 from conftest import new_state, tiny_config, tmpfs
 from train_subprocess import EXPERIMENT, start
@@ -298,3 +298,15 @@ def test_restored_rows_take_the_timings_written_after_their_checkpoint():
     assert with_timings(saved, written, TIMING_FIELDS) == written
     other = [{"epoch": 1, "train_loss": 1.5, "train_seconds": 2.0, "checkpoint_seconds": 0.3}]
     assert with_timings(saved, other, TIMING_FIELDS) == saved  # another run's row: not taken
+
+
+def test_asking_a_run_for_more_epochs_says_why_it_is_another_run():
+    saved = tiny_config(num_epochs=2)
+    with pytest.raises(
+        UserError,
+        match=r"holds a run with other settings \(num_epochs: 2 -> 5\) \(the learning-rate "
+        r"schedule spans num_epochs: more epochs are a new run\): use another --workdir",
+    ):
+        check_resumable(saved, tiny_config(num_epochs=5), "runs/mnist")
+    with pytest.raises(UserError, match=r"\(learning_rate: 0.5 -> 0.01\): use another"):
+        check_resumable(tiny_config(learning_rate=0.5), tiny_config(), "runs/mnist")
