@@ -31,7 +31,7 @@ import numpy as np
 
 from alexnet_jax import compilation_cache, outputs
 from alexnet_jax.cli import command_parser, config_from_command_line
-from alexnet_jax.config import RESUMABLE_CHANGES, importable, validate
+from alexnet_jax.config import RESUMABLE_CHANGES, default_config, importable, validate
 from alexnet_jax.data import Dataset, Split, load_training_data
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
@@ -251,6 +251,10 @@ def base_differences(earlier: dict, now: dict) -> list[str]:
     what a run computes (the ones a run may resume with changed: where the data is read from,
     logging, checkpointing)."""
     now = json.loads(json.dumps(now))  # as sweep.json holds it (tuples as lists)
+    # A field added to the config since the earlier call ran it at its default, as a resumed
+    # checkpoint reads it (`Checkpoints.read_config`).
+    defaults = json.loads(json.dumps(default_config().to_dict()))
+    earlier = {**{key: defaults[key] for key in now if key in defaults}, **earlier}
     absent = "(not set)"
     return [
         f"{key}: {earlier.get(key, absent)!r} -> {now.get(key, absent)!r}"

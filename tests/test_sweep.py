@@ -195,6 +195,24 @@ def test_a_sweep_into_a_folder_of_another_base_is_refused_before_anything_trains
     assert {name: (tmp_path / name).read_bytes() for name in saved} == saved  # left alone
 
 
+@pytest.mark.parametrize("now, refused", [(False, False), (True, True)])
+def test_a_config_field_newer_than_the_sweep_counts_as_its_default(
+    untrained, tmp_path, now, refused
+):
+    # A sweep.json written before trivial_augment existed ran without it: adding to it with the
+    # field at its default (off) is the same base; with it on, another one.
+    untrained({"base": 0.5}, tmp_path)
+    table = json.loads((tmp_path / sweep.JSON).read_text())
+    del table["base"]["trivial_augment"]
+    (tmp_path / sweep.JSON).write_text(json.dumps(table))
+    if refused:
+        with pytest.raises(UserError, match=r"another base \(trivial_augment: False -> True\)"):
+            untrained({"ema": 0.7}, tmp_path, trivial_augment=now)
+    else:
+        added = untrained({"ema": 0.7}, tmp_path, trivial_augment=now)
+        assert [row["name"] for row in added["variants"]] == ["base", "ema"]
+
+
 def test_a_sweep_of_another_sweep_file_is_refused(untrained, tmp_path):
     untrained({"base": 0.5}, tmp_path)
     table = json.loads((tmp_path / sweep.JSON).read_text())
