@@ -1,3 +1,4 @@
+import re
 import sys
 
 import pytest
@@ -111,3 +112,16 @@ def test_an_experiment_file_imports_the_files_beside_it_and_leaves_the_path_as_i
     # Another folder's files of the same names are its own, not the first folder's.
     assert load_config(experiments(tmp_path / "theirs", 24)).batch_size == 24
     assert sys.path == path_before
+
+
+def test_every_config_field_is_read_outside_config_py():
+    # A field added to default_config (and its bounds) but read nowhere trains silently without
+    # it: every field must be named (`.field` or "field") somewhere else in the package.
+    package = ROOT / "alexnet_jax"
+    source = "\n".join(p.read_text() for p in package.glob("*.py") if p.name != "config.py")
+    unread = [
+        key
+        for key in default_config().keys()
+        if not re.search(rf"\.{key}\b|[\"']{key}[\"']", source)
+    ]
+    assert not unread, f"config fields read nowhere outside config.py: {unread}"

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,3 +123,66 @@ def test_each_lever_draws_from_its_own_branch_of_an_examples_key():
     branches += [run_keys.mixing_key(example), run_keys.trivial_augment_key(example)]
     for i, branch in enumerate(branches):
         np.testing.assert_array_equal(branch, jax.random.fold_in(example, i))
+
+
+# Each field the step's input reads, with what turns it on (and what it needs beside it). A
+# lever added to `Augmentation.from_config` must be added here, and must change the input.
+LEVER_ON = {
+    "crop_padding": {"crop_padding": 4},
+    "flip": {"flip": True},
+    "cutout": {"cutout": 8},
+    "affine_rotation": {"affine_rotation": 15.0},
+    "affine_scale": {"affine_scale": 0.1},
+    "affine_translation": {"affine_translation": 0.1},
+    "affine_shear": {"affine_shear": 5.0},
+    "trivial_augment": {"trivial_augment": True},
+    "mixup_alpha": {"mixup_alpha": 0.4},
+    "mixup_probability": {"mixup_alpha": 0.4, "mixup_probability": 0.5},
+    "cutmix_alpha": {"cutmix_alpha": 1.0},
+    "cutmix_probability": {"cutmix_alpha": 1.0, "cutmix_probability": 0.5},
+}
+
+
+class FieldsRead:
+    """A config that records which fields are read from it."""
+
+    def __init__(self, config):
+        self._config, self.read = config, set()
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._config, name)
+
+
+def test_every_lever_of_the_step_input_is_wired_and_changes_the_input():
+    # A lever that from_config reads but `apply` leaves out (or applies only when another lever
+    # is on, like an operation put inside preprocess.augment) trains silently without it.
+    from alexnet_jax.augmentation import Augmentation
+    from alexnet_jax.config import derive
+    from alexnet_jax.data import synthetic_dataset
+
+    from conftest import tiny_config
+
+    off = tiny_config(crop_padding=0, flip=False)
+    recorder = FieldsRead(off)
+    Augmentation.from_config(recorder, derive(off))
+    assert recorder.read - {"image_size"} == set(LEVER_ON), "a new lever: add it to LEVER_ON"
+
+    train = synthetic_dataset("mnist", train_size=8, test_size=1).train
+    batch = {"image": jnp.asarray(train.images), "label": jnp.asarray(train.labels)}
+
+    @functools.cache  # the same config with a lever off serves several levers
+    def step_input(on: frozenset):
+        config = tiny_config(**{**off, **dict(on)})
+        augmentation = Augmentation.from_config(config, derive(config))
+        apply = jax.jit(lambda b: augmentation.apply(b, keys(8, seed=3), 0, None))
+        return jax.device_get(apply(batch))
+
+    for field, on in LEVER_ON.items():
+        (x_on, targets_on), (x_off, targets_off) = (
+            step_input(frozenset(on.items())),
+            step_input(frozenset((key, value) for key, value in on.items() if key != field)),
+        )
+        assert not (np.array_equal(x_on, x_off) and np.array_equal(targets_on, targets_off)), (
+            f"{field}={on[field]!r} leaves the step's input as it was"
+        )
