@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax import plots
+from alexnet_jax import outputs, plots
 
 HISTORY = "metrics.jsonl"
 CONFIG = "config.json"
@@ -16,7 +16,7 @@ def write_history(run_dir: Path, history: list[dict], curves: bool = True) -> No
     """metrics.jsonl (one row per epoch) and, with `curves`, the loss/accuracy curves, rewritten
     whole. (Drawing the curves takes about 0.3 s on a CPU: more than a third of an epoch at the
     speed aimed at on a GPU, so training draws them with each checkpoint only.)"""
-    _write_atomic(run_dir / HISTORY, "".join(json.dumps(row) + "\n" for row in history))
+    outputs.replace_whole(run_dir / HISTORY, "".join(json.dumps(row) + "\n" for row in history))
     if curves:
         name = run_dir.name
         plots.plot_curves(history, run_dir / f"{name}_loss.png", name)
@@ -30,7 +30,7 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def write_config(run_dir: Path, config) -> None:
-    _write_atomic(run_dir / CONFIG, config.to_json(indent=2) + "\n")
+    outputs.replace_whole(run_dir / CONFIG, config.to_json(indent=2) + "\n")
 
 
 def write_evaluation(run_dir: Path, images: np.ndarray, result, class_names) -> None:
@@ -45,10 +45,3 @@ def write_evaluation(run_dir: Path, images: np.ndarray, result, class_names) -> 
         run_dir / f"{name}.png",
     )
     plots.plot_confusion(result.confusion, class_names, run_dir / f"{name}_confusion.png", name)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Write beside and rename, so that a crash leaves the old file or the new one, never half.
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)

@@ -8,6 +8,8 @@ made when the result is written.
 
 import errno
 import json
+import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -53,15 +55,26 @@ def write_json(document: dict, path: str | None, quiet: bool = False) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """`text` into the file `path`, whole or not at all: written beside it and renamed into
-    place, so that a failed write (a full disk) leaves the file that was there as it was."""
-    temporary = path.with_name(f".{path.name}.partial")
+    """`text` into the file `path`, whole or not at all (`replace_whole`); a failed write is
+    one line."""
+    try:
+        replace_whole(path, text)
+    except OSError as e:
+        raise write_error(str(path), e) from e
+
+
+def replace_whole(path: Path, text: str) -> None:
+    """`text` into the file `path`: written beside it and renamed into place, so that a failed
+    write (a full disk) leaves the file that was there, and a reader sees the old file or the
+    new one. The temporary file is this call's own: two processes writing one path (two
+    `report`s of a run) each rename a whole file, the later one winning."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(path)
-    except OSError as e:
+    except BaseException:
         temporary.unlink(missing_ok=True)
-        raise write_error(str(path), e) from e
+        raise
 
 
 def disk_full(error: OSError) -> bool:

@@ -272,9 +272,7 @@ def same_file(earlier: str, source: str) -> bool:
 def write_table(out: Path, table: dict) -> None:
     """sweep.json and sweep.md, each replaced whole (never left half-written)."""
     for name, text in ((JSON, json.dumps(table, indent=2) + "\n"), (MARKDOWN, markdown(table))):
-        partial = out / (name + ".partial")
-        partial.write_text(text)
-        partial.replace(out / name)
+        outputs.replace_whole(out / name, text)
 
 
 def markdown(table: dict) -> str:

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import threading
 
 import pytest
 
@@ -81,3 +82,34 @@ def test_a_disk_that_fills_as_json_is_written_keeps_the_old_file_and_leaves_no_p
         outputs.write_json({"run": 2}, str(target), quiet=True)
     assert json.loads(target.read_text()) == {"run": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_two_writers_of_one_file_each_put_a_whole_file_in_place(tmp_path):
+    # Two `report`s of one run, or two `eval --json x.json`: they shared one temporary name, so
+    # one writer's rename failed (a wrong "make that place writable") or put a mix in place.
+    path = tmp_path / "out.json"
+    documents = [{"writer": 0, "pad": "x" * 5000}, {"writer": 1}]
+    failures = []
+
+    def write(document):
+        for _ in range(300):
+            try:
+                outputs.write_json(document, str(path), quiet=True)
+            except UserError as e:
+                failures.append(str(e))
+
+    writers = [threading.Thread(target=write, args=(d,)) for d in documents]
+    for writer in writers:
+        writer.start()
+    while any(writer.is_alive() for writer in writers):
+        try:
+            json.loads(path.read_text())
+        except FileNotFoundError:
+            pass  # before the first rename
+        except ValueError as e:
+            failures.append(f"a reader saw half a file: {e}")
+    for writer in writers:
+        writer.join()
+    assert failures == []
+    assert json.loads(path.read_text()) in documents
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
