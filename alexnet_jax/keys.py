@@ -55,24 +55,29 @@ def example_keys(augment: jax.Array, first_index: jax.Array, count: int) -> jax.
 
 
 def crop_and_flip_keys(example: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An example's key split into its random crop's and its flip's."""
     crop, flip = jax.random.split(example)
     return crop, flip
 
 
 def cutout_key(example: jax.Array) -> jax.Array:
+    """The key of an example's cutout square."""
     # Its own branch, so that crops and flips stay those of a run without cutout.
     return jax.random.fold_in(example, 2)
 
 
 def affine_key(example: jax.Array) -> jax.Array:
+    """The key of an example's random affine transform."""
     return jax.random.fold_in(example, 3)
 
 
 def mixing_key(example: jax.Array) -> jax.Array:
+    """The key of an example's mixup or cutmix draws."""
     return jax.random.fold_in(example, 4)
 
 
 def trivial_augment_key(example: jax.Array) -> jax.Array:
+    """The key of an example's TrivialAugment operation and strength."""
     return jax.random.fold_in(example, 5)
 
 

@@ -61,6 +61,7 @@ class TrainPartitions:
 
     @property
     def images_per_epoch(self) -> int:
+        """The images an epoch trains on: whole batches only, over all devices."""
         return self.steps_per_epoch * self.device_batch * self.images.shape[0]
 
     def epoch_orders(self, rng, epoch: int):

@@ -70,6 +70,7 @@ class Run:
 
     @property
     def steps_per_epoch(self) -> int:
+        """The global steps of one epoch (`TrainPartitions.steps_per_epoch`)."""
         return self.partitions.steps_per_epoch
 
     def fresh_state(self) -> TrainState:
@@ -78,6 +79,7 @@ class Run:
         return jax.device_put(state, replicated(self.mesh))
 
     def abstract_state(self) -> TrainState:
+        """The shapes and dtypes of `fresh_state`, without computing it (to restore into)."""
         return jax.eval_shape(
             lambda: create_train_state(self.config, self.derived, self.steps_per_epoch)
         )
@@ -96,6 +98,7 @@ class Run:
             lowered.compile()
 
     def evaluate(self, state: TrainState) -> EvalResult:
+        """`state`'s loss, accuracy and predictions on the evaluation split."""
         return evaluate(state, self.evaluation, self.evaluator, self.derived.num_classes)
 
 
@@ -167,6 +170,7 @@ class EpochProgress:
     train_seconds: float = 0.0  # spent on them
 
     def to_json(self, steps_per_epoch: int) -> dict:
+        """The progress as a partial checkpoint records it (`from_json` reads it back)."""
         # Each sum keeps its type (a NumPy float32 sums on in float32), so that the epoch's
         # metrics come out with the bits of an uninterrupted epoch.
         totals = {
@@ -183,6 +187,7 @@ class EpochProgress:
 
     @classmethod
     def from_json(cls, saved: dict) -> "EpochProgress":
+        """The progress that `to_json` recorded, each sum with its own type again."""
         totals = {
             key: np.dtype(value[1]).type(value[0]) if isinstance(value, list) else value
             for key, value in saved["totals"].items()

@@ -65,6 +65,7 @@ def make_model(
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+    """The learning rate by step: constant, or linear warmup then cosine decay to 0 at the end."""
     if config.schedule == "constant":
         return optax.constant_schedule(config.learning_rate)
     total = config.num_epochs * steps_per_epoch

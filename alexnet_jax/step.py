@@ -297,6 +297,7 @@ class TrainCalls:
         )
 
     def dispatch(self, state, work):
+        """Run one call of `epoch`: (the state after its steps, their metrics a row per step)."""
         state, metrics, self._gradients = self._steps(state, self.gradient_buffers(state), *work)
         return state, metrics
 
