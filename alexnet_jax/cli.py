@@ -1,4 +1,4 @@
-"""The command line of the commands that take an experiment: train, seeds, tta, bench.
+"""The command line of the commands that take an experiment: train, seeds, tta, sweep, bench.
 
 Each takes `--config FILE` (an experiment, see `experiments/`) and any number of
 `--config.FIELD=VALUE` or `--config.FIELD VALUE` options, which override the file's fields

@@ -261,7 +261,8 @@ def synthetic_dataset(
 ) -> Dataset:
     """A learnable stand-in with a real dataset's shapes: the class sets a bright stripe's row.
 
-    For tests and `--synthetic` smoke runs; never used in place of real data silently.
+    For tests and speed measurements (`alexnet_jax.bench`, benchmarks/); never used in place of
+    real data silently.
     """
     shape = spec(name).image_shape
     rng = np.random.default_rng(seed)

@@ -1,11 +1,12 @@
-"""One run's set-up and its epoch driver, shared by `train`, `tta` and `bench`.
+"""One run's set-up and its epoch driver, shared by `train`, `tta`, `sweep` and `bench`.
 
     run = build(config)                  # mesh, data on the devices, compiled calls, evaluator
     state = run.fresh_state()
     state, row, result = run_epoch(run, state, epoch, stop)   # train one epoch, evaluate
 
 `train` adds resuming, checkpoints and the run directory around this; `tta` a target accuracy;
-`bench` times `train_epoch` and `evaluate` apart.
+`sweep` a table of recipe variants on the validation split; `bench` times `train_epoch` and
+`evaluate` apart.
 """
 
 import collections

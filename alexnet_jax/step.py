@@ -42,7 +42,7 @@ def train_step(
     axis_name: str | None,
     sgd: MomentumSGD | None,
 ):
-    """One SGD step on this device's slice of the global batch; gradients are averaged over all.
+    """One optimiser step on this device's slice of the global batch, gradients averaged over all.
 
     Runs under `shard_map` over DATA_AXIS: `batch` ({'image': uint8, 'label': int}) is the
     local slice, `state` and `rng` (the step's key, `keys.step_key`) are the same on every
@@ -53,8 +53,8 @@ def train_step(
 
     `apply_fn` is the model's, with BatchNorm's `axis_name` the same as the step's (`step_body`).
     `axis_name` None is one device alone (`device_axis`): the means and sums over devices are left
-    out, not computed over one. `sgd` is the optimiser written out, or None for `state.tx`
-    (`guarded_update.apply_if_finite`).
+    out, not computed over one. `sgd` is SGD with momentum written out, or None for `state.tx`
+    (AdamW, or SGD without momentum: `config.optimizer`; `guarded_update.apply_if_finite`).
     """
     local = batch["label"].shape[0]
     device = jax.lax.axis_index(DATA_AXIS)

@@ -1,4 +1,4 @@
-"""The command line shared by train, seeds, tta and bench: --config.FIELD options."""
+"""The command line shared by train, seeds, tta, sweep and bench: --config.FIELD options."""
 
 import errno
 import os
