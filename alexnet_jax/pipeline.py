@@ -25,12 +25,12 @@ class TrainPartitions:
         local_devices = len(mesh.local_devices)
         # Equal parts on every device, even when process shards differ by an image.
         self.per_device = min(data.shard_sizes) // local_devices
-        self.device_batch = batch_size // mesh.devices.size
-        self.steps_per_epoch = self.per_device // self.device_batch
+        self.per_device_batch = batch_size // mesh.devices.size
+        self.steps_per_epoch = self.per_device // self.per_device_batch
         if self.steps_per_epoch == 0:
             raise UserError(
                 f"batch_size={batch_size} is larger than the {sum(data.shard_sizes)} training "
-                f"images ({self.per_device} per device for {self.device_batch} per device "
+                f"images ({self.per_device} per device for {self.per_device_batch} per device "
                 "and step)"
             )
         sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
@@ -52,7 +52,7 @@ class TrainPartitions:
         )
         self._take = jax.jit(
             jax.shard_map(
-                functools.partial(device_batch, size=self.device_batch),
+                functools.partial(device_batch, size=self.per_device_batch),
                 mesh=mesh,
                 in_specs=(PartitionSpec(DATA_AXIS),) * 3 + (PartitionSpec(),),
                 out_specs=PartitionSpec(DATA_AXIS),
@@ -62,7 +62,7 @@ class TrainPartitions:
     @property
     def images_per_epoch(self) -> int:
         """The images an epoch trains on: whole batches only, over all devices."""
-        return self.steps_per_epoch * self.device_batch * self.images.shape[0]
+        return self.steps_per_epoch * self.per_device_batch * self.images.shape[0]
 
     def epoch_orders(self, rng, epoch: int):
         """Each device's shuffled order of its images for `epoch`, from the run's rng."""

@@ -193,7 +193,7 @@ def make_train_steps(
     """
     devices = mesh.devices.size
     body = step_body(config, derived, devices, partitions.steps_per_epoch)
-    size = partitions.device_batch
+    size = partitions.per_device_batch
 
     def per_device(state, gradients, images, labels, orders, first, *, count):
         def one(state, i):

@@ -94,11 +94,12 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                 f"resuming {run_dir} in epoch {progress.epoch + 1}, after step "
                 f"{progress.steps_done} of {run.steps_per_epoch}"
             )
-        written_on, devices = restored.topology.get("num_devices"), run.mesh.devices.size
-        if written_on is not None and written_on != devices:  # the sums' order differs
+        written_on, running_on = restored.topology.get("num_devices"), run.mesh.devices.size
+        if written_on is not None and written_on != running_on:  # the sums' order differs
             log(
-                f"note: {restored.path} was written by a run on {written_on} device(s), and this "
-                f"one has {devices}: it goes on as that run would up to rounding, not bit for bit"
+                f"note: {restored.path} was written by a run on {written_on} device(s), and "
+                f"this one has {running_on}: it goes on as that run would up to rounding, "
+                "not bit for bit"
             )
     if is_primary():
         write(checkpoints, artifacts.write_config, run_dir, config)

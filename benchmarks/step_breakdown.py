@@ -256,7 +256,7 @@ def program(run, body, *, barrier=True, donate=None, scan=False, keep_gradients=
     if keep_gradients is None:
         keep_gradients = keeps_gradients(run.mesh)
     keep_gradients = keep_gradients and not scan  # (the scan's body returns none)
-    size = run.partitions.device_batch
+    size = run.partitions.per_device_batch
 
     def per_device(state, gradients, images, labels, orders, first):
         def one(state, i):

@@ -119,15 +119,16 @@ def portable_orders(partitions: TrainPartitions, mesh, steps: int):
     """Orders of the training partitions under which global batch i holds the same images in
     the same positions on one device as on two: the i-th device batch of each half of the
     training images (which is what identity orders give on two devices)."""
-    devices, batch = mesh.devices.size, partitions.device_batch * mesh.devices.size
+    size = partitions.per_device_batch
+    devices, batch = mesh.devices.size, size * mesh.devices.size
     half_batch, half = batch // 2, partitions.per_device * devices // 2
     orders = np.tile(np.arange(partitions.per_device, dtype=np.int32), (devices, 1))
     for i in range(steps):
         for position in range(batch):
-            device, q = divmod(position, partitions.device_batch)
+            device, q = divmod(position, size)
             h, j = divmod(position, half_batch)
             image = h * half + i * half_batch + j
-            orders[device, i * partitions.device_batch + q] = image - device * partitions.per_device
+            orders[device, i * size + q] = image - device * partitions.per_device
     return jax.device_put(orders, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
 
 
