@@ -109,6 +109,7 @@ def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None, dev
     validate(config)
     derived = derive(config)
     mesh = make_mesh(devices)
+    # Before any data is read; TrainPartitions and DeviceSplit check again for their own callers.
     check_divisible(config.batch_size, mesh)
     check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
     process, processes = jax.process_index(), jax.process_count()

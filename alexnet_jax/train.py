@@ -58,7 +58,7 @@ def train_and_evaluate(
     keeps only its shard of its training images. Returns the final state with the metrics
     history (one row per epoch), as `checkpoint.load_trained` would restore it.
     """
-    validate(config)
+    validate(config)  # before the run directory is touched (`run.build` checks for its own callers)
     run_dir = Path(workdir) / config.dataset
     # The run directory first: whatever is wrong there (another training in it, no write
     # access, no room, a run of other settings) is reported before any data is read.
