@@ -119,27 +119,38 @@ def augment(
         centre, which may lie near an edge so that part of the square falls outside (DeVries &
         Taylor, 2017); 0: off.
     """
-    if padding == 0 and not flip and cutout == 0:
+    height, width, channels = images.shape[1:]
+
+    def random_crop(image, key):
+        crop_key, _ = run_keys.crop_and_flip_keys(key)
+        dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
+        return jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, channels))
+
+    def random_flip(image, key):
+        _, flip_key = run_keys.crop_and_flip_keys(key)
+        return jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+
+    def random_cutout(image, key):
+        cy, cx = jax.random.randint(run_keys.cutout_key(key), (2,), 0, jnp.array([height, width]))
+        rows = jnp.arange(height) - (cy - cutout // 2)  # 0 .. cutout - 1 inside
+        cols = jnp.arange(width) - (cx - cutout // 2)
+        inside = ((rows >= 0) & (rows < cutout))[:, None] & ((cols >= 0) & (cols < cutout))
+        return jnp.where(inside[..., None], jnp.asarray(fill, image.dtype), image)
+
+    # Only the operations switched on run, in this order (a crop of no padding would keep the
+    # image as it is); with none on, the images come back without a pass over them. A new
+    # operation goes in this list too.
+    switched = ((random_crop, padding), (random_flip, flip), (random_cutout, cutout))
+    operations = [operation for operation, on in switched if on]
+    if not operations:
         return images
-    height, width = images.shape[1:3]
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
     def one(image, key):
-        crop_key, flip_key = run_keys.crop_and_flip_keys(key)
-        dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
-        image = jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, image.shape[-1]))
-        if flip:
-            image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
-        if cutout:
-            cy, cx = jax.random.randint(
-                run_keys.cutout_key(key), (2,), 0, jnp.array([height, width])
-            )
-            rows = jnp.arange(height) - (cy - cutout // 2)  # 0 .. cutout - 1 inside
-            cols = jnp.arange(width) - (cx - cutout // 2)
-            inside = ((rows >= 0) & (rows < cutout))[:, None] & ((cols >= 0) & (cols < cutout))
-            image = jnp.where(inside[..., None], jnp.asarray(fill, image.dtype), image)
+        for operation in operations:
+            image = operation(image, key)
         return image
 
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     return jax.vmap(one)(padded, keys)
 
 
