@@ -219,14 +219,16 @@ def stop_signal_handlers_left_as_found(request):
 
 
 def record_split_reads(monkeypatch) -> list[str]:
-    """The names of the dataset splits read from TFDS from now on, in order."""
+    """The dataset splits read from TFDS from now on, in order: a split's name where it is read
+    whole (`test`), its range in TFDS's notation where a range is given (`train[0:500]`)."""
     from alexnet_jax import data
 
     read, read_split = [], data._read_split
 
-    def recording(builder, split, data_dir):
-        read.append(split)
-        return read_split(builder, split, data_dir)
+    def recording(builder, split, data_dir, start=0, stop=None):
+        ranged = (start, stop) != (0, None)
+        read.append(f"{split}[{start}:{'' if stop is None else stop}]" if ranged else split)
+        return read_split(builder, split, data_dir, start, stop)
 
     monkeypatch.setattr(data, "_read_split", recording)
     return read

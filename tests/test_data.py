@@ -150,10 +150,13 @@ def test_training_and_validation_ranges_never_overlap(size, train, held_out, pro
         assert part.eval_name == "test" and part.evaluation is numbered.test
 
 
-def test_validation_images_are_read_from_the_end_of_the_training_split(mnist, shared_tfds):
+def test_validation_images_are_read_from_the_end_of_the_training_split(
+    mnist, shared_tfds, monkeypatch
+):
     config = tiny_config(
         data_dir=str(shared_tfds), download=False, train_examples=1000, validation_examples=100
     )
+    read = record_split_reads(monkeypatch)
     for process in (0, 1):
         part = load_training_data(config, process, 2)
         start = 500 * process
@@ -163,3 +166,6 @@ def test_validation_images_are_read_from_the_end_of_the_training_split(mnist, sh
         assert part.eval_name == "validation"
         np.testing.assert_array_equal(part.evaluation.images, mnist.train.images[-100:])
         np.testing.assert_array_equal(part.evaluation.labels, mnist.train.labels[-100:])
+    # Each process reads its own shard and the held-out images, and not the test split.
+    held_out = "train[59900:60000]"
+    assert read == ["train[0:500]", held_out, "train[500:1000]", held_out]
