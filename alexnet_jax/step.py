@@ -7,6 +7,8 @@ several per call to the devices.
 """
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -160,18 +162,26 @@ def device_axis(devices: int) -> str | None:
     return None if devices == 1 else DATA_AXIS
 
 
+@dataclass(frozen=True)
+class CompiledSteps:
+    """`make_train_steps`'s train steps: run them, or lower their program ahead of time."""
+
+    # (state, gradients, orders, first, count) -> (state, metrics a row per step, gradients)
+    run: Callable
+    # (state, gradients, orders, count) -> the program of `count` steps, lowered
+    lower: Callable
+
+
 def make_train_steps(
     config: ml_collections.ConfigDict,
     derived: Derived,
     mesh: Mesh,
     partitions: TrainPartitions,
     keep_gradients: bool,
-):
-    """Train steps compiled and data-parallel over `mesh`:
-    (state, gradients, orders, first, count) -> (state, metrics stacked one row per step,
-    gradients).
+) -> CompiledSteps:
+    """Train steps compiled and data-parallel over `mesh`, to run or to lower (`CompiledSteps`).
 
-    Runs steps `first` .. `first + count - 1` of the epoch whose `orders` are given (each
+    `run` trains steps `first` .. `first + count - 1` of the epoch whose `orders` are given (each
     device's order of its training partition, `TrainPartitions.epoch_orders`): each device
     gathers its slice of every batch from its partition, and each step draws its randomness
     from the carried state by `keys.step_key`.
@@ -234,11 +244,10 @@ def make_train_steps(
     def run(state, gradients, orders, first: int, count: int):
         return compiled(count)(*arguments(state, gradients, orders, first))
 
-    # For ahead-of-time compilation: the program of `count` steps, lowered.
-    run.lower = lambda state, gradients, orders, count: compiled(count).lower(
-        *arguments(state, gradients, orders, 0)
-    )
-    return run
+    def lower(state, gradients, orders, count: int):
+        return compiled(count).lower(*arguments(state, gradients, orders, 0))
+
+    return CompiledSteps(run, lower)
 
 
 def donates_state(mesh: Mesh, config: ml_collections.ConfigDict) -> bool:
@@ -298,7 +307,8 @@ class TrainCalls:
 
     def dispatch(self, state, work):
         """Run one call of `epoch`: (the state after its steps, their metrics a row per step)."""
-        state, metrics, self._gradients = self._steps(state, self.gradient_buffers(state), *work)
+        gradients = self.gradient_buffers(state)
+        state, metrics, self._gradients = self._steps.run(state, gradients, *work)
         return state, metrics
 
     def lower(self, state, orders) -> list:
