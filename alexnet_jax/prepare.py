@@ -323,6 +323,10 @@ def copy_prepared(name: str, version: str, source_dir: str, data_dir: str) -> No
                 raise UserError(f"copying {original} to {copied} gave a different size")
         temporary.rename(target)
     except OSError as e:
+        if target.is_dir() and find(name, version, data_dir).state == "prepared":
+            # Another process (a second `make train-*` with COPY_DATA_FROM) copied it first.
+            print(f"{versioned} was put in {data_dir} meanwhile by another process: using it")
+            return
         raise UserError(
             f"cannot copy {versioned} into {data_dir} ({e.strerror or e}): free disk space, or "
             "pass a --data-dir that can be written"

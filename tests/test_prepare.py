@@ -194,6 +194,29 @@ def test_a_disk_that_fills_during_a_copy_is_one_line_and_leaves_nothing(
     assert list((target / "mnist").iterdir()) == []
 
 
+def test_a_copy_that_another_process_finished_first_uses_theirs(
+    shared_tfds, tmp_path, monkeypatch, capsys
+):
+    # Two `make train-mnist COPY_DATA_FROM=...` at once: the second's rename found the first's
+    # copy in place, and it said to free disk space.
+    target = tmp_path / "target"
+    copyfile, others = shutil.copyfile, []
+
+    def another_process_copies_first(source, copied):
+        if not others:
+            others.append(theirs := target / "mnist" / "3.0.1")
+            theirs.mkdir(parents=True)
+            for original in (shared_tfds / "mnist" / "3.0.1").iterdir():
+                copyfile(original, theirs / original.name)
+        return copyfile(source, copied)
+
+    monkeypatch.setattr(prepare.shutil, "copyfile", another_process_copies_first)
+    prepare.ensure_prepared(*MNIST, str(target), copy_from=str(shared_tfds))
+    assert "mnist:3.0.1 was put in" in capsys.readouterr().out
+    assert sorted(p.name for p in (target / "mnist").iterdir()) == ["3.0.1"]  # no leftover
+    assert digest(target / "mnist" / "3.0.1") == digest(shared_tfds / "mnist" / "3.0.1")
+
+
 def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
     data_dir = tmp_path / "tfds"
     data_dir.write_text("not a folder")
