@@ -10,14 +10,11 @@ this before the data is read. `resume` restores its newest readable checkpoint.
 
 import asyncio
 import contextlib
-import datetime
-import fcntl
 import gc
 import logging
 import math
 import os
 import shutil
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +27,7 @@ from alexnet_jax.checkpoint import CHECKPOINTS, Checkpoints, CorruptCheckpoint, 
 from alexnet_jax.config import RESUMABLE_CHANGES
 from alexnet_jax.distributed import any_process, is_primary
 from alexnet_jax.errors import UserError
+from alexnet_jax.locks import Lock, missing_folders
 from alexnet_jax.state import TrainState
 
 LOCK = "train.lock"
@@ -50,11 +48,11 @@ def hold(run_dir: Path, checkpoint_bytes: int, image_size: int):
     refuse_a_run_as_workdir(run_dir)
     made = missing_folders(run_dir)
     create(run_dir)
-    lock = RunLock(run_dir / LOCK)
+    lock = Lock(run_dir / LOCK, "training", f"the run directory {run_dir}")
     holder = lock.acquire() if is_primary() else None
     try:
         if any_process(holder is not None):  # every process learns it, none waits for the others
-            holder = holder or f"{RunLock.holder(run_dir / LOCK)}, found by process 0"
+            holder = holder or f"{Lock.holder(run_dir / LOCK)}, found by process 0"
             raise in_use(run_dir, holder)
         prepare(run_dir, checkpoint_bytes, image_size)
         with library_log(run_dir / log_name()):
@@ -80,7 +78,7 @@ def check_ahead(run_dir: Path, config: ml_collections.ConfigDict) -> None:
     it or writing anything: for a command that trains several runs one after another
     (`seeds`), so that the last one's refusal comes before the first one trains."""
     refuse_a_run_as_workdir(run_dir)
-    holder = RunLock.held_by_another(run_dir / LOCK)
+    holder = Lock.held_by_another(run_dir / LOCK)
     if holder is not None:
         raise in_use(run_dir, holder)
     if (run_dir / CHECKPOINTS).exists():
@@ -91,12 +89,7 @@ def check_ahead(run_dir: Path, config: ml_collections.ConfigDict) -> None:
             checkpoints.close()
 
 
-def missing_folders(run_dir: Path) -> list[Path]:
-    """The folders from `run_dir` up that do not exist yet, deepest first."""
-    return [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
-
-
-def remove_unused(made: list[Path], lock: "RunLock") -> None:
+def remove_unused(made: list[Path], lock: Lock) -> None:
     """Remove the folders this training made when they hold nothing but the lock and an empty
     checkpoints folder; anything else in them (a log, a checkpoint) keeps them all."""
     if not made:
@@ -111,96 +104,6 @@ def remove_unused(made: list[Path], lock: "RunLock") -> None:
         lock.release()  # removes the lock file
         for folder in made:
             folder.rmdir()  # fails, and stops, at the first that another process wrote into
-
-
-class RunLock:
-    """An exclusive `flock` on a file, which records who holds it.
-
-    The kernel releases it when the holder ends, killed or not, so no stale lock is left. Its
-    holder removes the file when it releases it, so a file that another process opened just
-    before is no longer the lock: `acquire` takes a lock only on the file the path names.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> str | None:
-        """Take the lock: None, or a description of its holder when another process has it."""
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as e:
-                where = self.path.parent
-                raise UserError(f"cannot write to the run directory {where}: {e.strerror}") from e
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return self.holder(self.path)
-            except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unlocked
-                os.close(fd)
-                print(
-                    f"warning: cannot lock {self.path} ({e.strerror}): a second training in "
-                    f"{self.path.parent} would not be refused",
-                    flush=True,
-                )
-                return None
-            if self.names(fd):
-                break
-            os.close(fd)  # its holder removed it as we took it: the next one is the lock
-        started = datetime.datetime.now().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
-        self._fd = fd
-        return None
-
-    @classmethod
-    def held_by_another(cls, path: Path) -> str | None:
-        """Who holds the lock on `path`, or None when no process does; takes no lock and
-        creates nothing (a shared lock, let go at once, only asks)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:  # no lock file, or none readable: `acquire` will tell
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return cls.holder(path)
-        except OSError:  # a filesystem without locks: `acquire` warns
-            return None
-        finally:
-            os.close(fd)  # and with it the shared lock
-        return None
-
-    @staticmethod
-    def holder(path: Path) -> str:
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            text = ""
-        return text or "a process that has not yet said which"
-
-    def names(self, fd: int) -> bool:
-        """Whether the path still names the open file `fd`."""
-        try:
-            return os.path.samestat(os.fstat(fd), os.stat(self.path))
-        except FileNotFoundError:
-            return False
-
-    def release(self) -> None:
-        """Remove the file, then let go of the lock: a finished run leaves no lock file."""
-        if self._fd is not None:
-            try:
-                self.path.unlink()
-            except OSError:  # a folder that allows no removal: emptied, as a sign it is free
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
 
 
 def refuse_a_run_as_workdir(run_dir: Path) -> None:

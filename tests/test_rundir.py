@@ -23,9 +23,10 @@ from alexnet_jax import eval as eval_command
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.data import synthetic_dataset
 from alexnet_jax.errors import UserError
+from alexnet_jax.locks import Lock
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run import TIMING_FIELDS
-from alexnet_jax.rundir import LIBRARY_LOG, LOCK, RunLock, check_resumable, with_timings
+from alexnet_jax.rundir import LIBRARY_LOG, LOCK, check_resumable, with_timings
 
 from conftest import new_state, tiny_config, tmpfs
 from train_subprocess import EXPERIMENT, start
@@ -90,7 +91,7 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
         "inside a run": r"--workdir .*/mnist/checkpoints lies inside the run .*/mnist: pass a "
         "folder outside it",
     }[problem]
-    holder = RunLock(run / LOCK)
+    holder = Lock(run / LOCK)
     with contextlib.ExitStack() as cleanup:
         if problem == "unwritable":
             workdir = tmp_path / "file"
@@ -128,7 +129,7 @@ def test_run_directory_problems_are_refused_before_the_data_is_read(problem, tmp
         if problem in ("no room", "larger than the disk"):
             assert not (workdir / "mnist").exists()  # the refused new run left no folder
     if problem == "held":  # released: the next training may have it
-        assert RunLock(run / LOCK).acquire() is None
+        assert Lock(run / LOCK).acquire() is None
     if problem in ("a run as workdir", "inside a run"):
         assert not (workdir / "mnist").exists()  # nothing made inside the run
 
@@ -155,22 +156,6 @@ def test_a_new_run_that_fails_before_writing_anything_leaves_no_folders_behind(t
 
 def test_a_finished_run_leaves_no_lock_file(tiny_run):
     assert tiny_run.is_dir() and not (tiny_run / LOCK).exists()
-
-
-def test_a_lock_file_removed_by_its_holder_as_it_is_taken_is_not_the_lock(tmp_path):
-    path = tmp_path / LOCK
-    first, second = RunLock(path), RunLock(path)
-    assert first.acquire() is None
-    late = os.open(path, os.O_RDWR)  # opened just before the holder removes it and lets go
-    first.release()
-    assert not path.exists()
-    try:
-        assert not second.names(late)  # a lock on it would lock nothing the path names
-        assert second.acquire() is None and second.names(second._fd)
-        assert "pid" in RunLock.holder(path)
-    finally:
-        os.close(late)
-        second.release()
 
 
 def test_a_disk_that_fills_during_a_save_ends_the_run_with_one_line_naming_that_save(tmp_path):
@@ -289,7 +274,7 @@ def test_a_running_training_holds_its_directory_is_readable_and_stops_promptly(
     assert 1 <= int(stop[2]) <= steps // 2, err
     stopped = checkpoint.load_trained(run, mesh=make_mesh(cpu_devices[:1]))
     assert stopped.progress["steps_done"] == int(stop[2]) and stopped.epoch == done + 2
-    assert RunLock(run / LOCK).acquire() is None  # the lock went with the process
+    assert Lock(run / LOCK).acquire() is None  # the lock went with the process
 
 
 def test_restored_rows_take_the_timings_written_after_their_checkpoint():

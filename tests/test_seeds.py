@@ -5,8 +5,9 @@ import pytest
 
 from alexnet_jax import seeds
 from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.locks import Lock
 from alexnet_jax.run import build
-from alexnet_jax.rundir import LOCK, RunLock
+from alexnet_jax.rundir import LOCK
 
 from conftest import new_state, tiny_config
 
@@ -114,7 +115,7 @@ def test_every_seeds_run_directory_is_checked_before_the_first_seed_trains(tmp_p
         "held": r"seed1/mnist is in use by another training \(pid \d+ on host ",
         "a run as workdir": r"--workdir .*/seed1 is a run's folder",
     }[problem]
-    holder = RunLock(run / LOCK)
+    holder = Lock(run / LOCK)
     if problem == "other settings":
         other = tiny_config(num_epochs=1, seed=1, learning_rate=0.5)
         saved = Checkpoints(run / "checkpoints")
