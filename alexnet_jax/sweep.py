@@ -16,7 +16,7 @@ and DIR/sweep.md are rewritten, so that a call cut short keeps the variants it f
 A DIR that holds a sweep of the same sweep file and base is added to: the variants run again
 replace their rows, the others are kept, and the table says which rows came from earlier calls.
 A sweep of another file or base there, or a sweep.json that cannot be read, is refused before
-anything trains.
+anything trains, as is a second sweep into DIR while one runs there (`locks.hold_output`).
 """
 
 import datetime
@@ -35,6 +35,7 @@ from alexnet_jax.config import RESUMABLE_CHANGES, default_config, importable, va
 from alexnet_jax.data import Dataset, Split, load_training_data
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
+from alexnet_jax.locks import hold_output
 from alexnet_jax.run import build_placed, run_epoch
 
 JSON, MARKDOWN = "sweep.json", "sweep.md"
@@ -158,44 +159,46 @@ def run_sweep(
     """
     configs = {name: variant_config(base, name, changes) for name, changes in variants.items()}
     out = Path(out)
-    earlier = earlier_sweep(out, base, source)  # before anything trains
-    out.mkdir(parents=True, exist_ok=True)
-    device = (devices or jax.devices())[:1]
-    ran = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device[0].device_kind,
-        "backend": jax.default_backend(),
-        "jax_version": jax.__version__,
-    }
-    table = {"sweep": source, **ran, "base": base.to_dict(), "variants": []}
-    # By name, in the order first run: a variant run again takes its earlier row's place.
-    rows = {row["name"]: row for row in earlier["variants"]} if earlier else {}
-    if earlier:  # what this call ran, and which of those replaced an earlier row
-        table["added"] = {"ran": [], "replaced": []}
-        table["variants"] = list(rows.values())
-    reads = {}
-    with StopRequests() as stop:
-        for name, config in configs.items():
-            if dataset is not None:  # its training split only, as below
-                data = Dataset(dataset.name, dataset.train, None, dataset.class_names)
-            else:
-                key = tuple(config[field] for field in DATA_FIELDS)
-                if key not in reads:
-                    reads.clear()  # one copy of the images in memory at a time
-                    began = time.perf_counter()
-                    reads[key] = training_split_only(config)
-                    table["read_seconds"] = table.get("read_seconds", 0) + (
-                        time.perf_counter() - began
-                    )
-                data = reads[key]
-            result = run_variant(config, data, device, stop)
-            if earlier:
-                table["added"]["ran"].append(name)
-                if name in rows:
-                    table["added"]["replaced"].append(name)
-            rows[name] = {"name": name, "changes": variants[name], **result, **ran}
+    # Held until the last row is written: the earlier sweep read here is the one added to.
+    with hold_output(out, "sweep", "--out"):
+        earlier = earlier_sweep(out, base, source)  # before anything trains
+        out.mkdir(parents=True, exist_ok=True)
+        device = (devices or jax.devices())[:1]
+        ran = {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "device": device[0].device_kind,
+            "backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+        }
+        table = {"sweep": source, **ran, "base": base.to_dict(), "variants": []}
+        # By name, in the order first run: a variant run again takes its earlier row's place.
+        rows = {row["name"]: row for row in earlier["variants"]} if earlier else {}
+        if earlier:  # what this call ran, and which of those replaced an earlier row
+            table["added"] = {"ran": [], "replaced": []}
             table["variants"] = list(rows.values())
-            write_table(out, table)
+        reads = {}
+        with StopRequests() as stop:
+            for name, config in configs.items():
+                if dataset is not None:  # its training split only, as below
+                    data = Dataset(dataset.name, dataset.train, None, dataset.class_names)
+                else:
+                    key = tuple(config[field] for field in DATA_FIELDS)
+                    if key not in reads:
+                        reads.clear()  # one copy of the images in memory at a time
+                        began = time.perf_counter()
+                        reads[key] = training_split_only(config)
+                        table["read_seconds"] = table.get("read_seconds", 0) + (
+                            time.perf_counter() - began
+                        )
+                    data = reads[key]
+                result = run_variant(config, data, device, stop)
+                if earlier:
+                    table["added"]["ran"].append(name)
+                    if name in rows:
+                        table["added"]["replaced"].append(name)
+                rows[name] = {"name": name, "changes": variants[name], **result, **ran}
+                table["variants"] = list(rows.values())
+                write_table(out, table)
     return table
 
 

@@ -1,11 +1,15 @@
 import json
+import os
+import socket
 import sys
+import threading
 
 import pytest
 
 from alexnet_jax import sweep
 from alexnet_jax.config import load_config
 from alexnet_jax.errors import UserError
+from alexnet_jax.locks import output_lock_path
 
 from conftest import ROOT, tiny_config
 
@@ -251,6 +255,45 @@ def test_a_sweep_md_without_its_json_is_not_replaced(untrained, tmp_path):
     with pytest.raises(UserError, match=r"sweep.md has no sweep.json beside it"):
         untrained({"base": "never trained"}, tmp_path)
     assert (tmp_path / sweep.MARKDOWN).read_text() == "an earlier table\n"
+
+
+def test_a_second_sweep_into_a_folder_in_use_is_refused_and_the_first_keeps_its_table(
+    monkeypatch, tiny_dataset, tmp_path
+):
+    # Two sweeps into one folder at once (`--only base` and `--only lr2`): both read it empty,
+    # and the later table replaced the other's rows.
+    training, finish = threading.Event(), threading.Event()
+
+    def run_variant(*_):
+        if threading.current_thread() is threading.main_thread():
+            return fake_result(0.7)  # the second sweep's variant, had it been let in
+        training.set()
+        assert finish.wait(60)
+        return fake_result(0.5)
+
+    monkeypatch.setattr(sweep, "run_variant", run_variant)
+    config = tiny_config(validation_examples=16)
+    first = threading.Thread(
+        target=sweep.run_sweep, args=(config, {"base": {}}, tmp_path, tiny_dataset, None, "s.py")
+    )
+    first.start()
+    try:
+        assert training.wait(60)
+        with pytest.raises(UserError) as refused:
+            variants = {"lr2": {"learning_rate": 0.02}}
+            sweep.run_sweep(config, variants, tmp_path, tiny_dataset, None, "s.py")
+    finally:
+        finish.set()
+        first.join()
+    message = str(refused.value)
+    assert message.startswith(
+        f"{tmp_path} is in use by another sweep (pid {os.getpid()} on host {socket.gethostname()}"
+    )
+    assert message.endswith("): wait for it to end, or pass another --out"), message
+    table = json.loads((tmp_path / sweep.JSON).read_text())
+    assert [row["name"] for row in table["variants"]] == ["base"] and "added" not in table
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sweep.JSON, sweep.MARKDOWN]
+    assert not output_lock_path(tmp_path).exists()
 
 
 def test_the_command_refuses_a_sweep_of_another_base_in_one_line(tmp_path, capsys):
