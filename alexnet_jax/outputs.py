@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -68,13 +69,33 @@ def replace_whole(path: Path, text: str) -> None:
     write (a full disk) leaves the file that was there, and a reader sees the old file or the
     new one. The temporary file is this call's own: two processes writing one path (two
     `report`s of a run) each rename a whole file, the later one winning."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    temporary = temporary_beside(path)
     try:
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def copy_file(source: Path, path: Path) -> None:
+    """A copy of the file `source` at `path`, whole or not at all, as `replace_whole` writes; a
+    failed write is one line."""
+    temporary = temporary_beside(path)
+    try:
+        shutil.copyfile(source, temporary)
+        temporary.replace(path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise write_error(str(path), e) from e
+    except BaseException:  # Ctrl-C
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def temporary_beside(path: Path) -> Path:
+    """A name beside `path` for a temporary file of this call's own (hidden, unique)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
 def disk_full(error: OSError) -> bool:

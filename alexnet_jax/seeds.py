@@ -8,13 +8,14 @@ on the test split: single view, with flip averaging, and with the config's own t
 (`eval_flip`, `eval_shift`) when they are neither. With --results, each run's evidence
 (config, metrics history, curves, both evaluations as JSON) is copied there with a summary:
 mean and standard deviation over the seeds, epochs and wall time, as JSON and as a Markdown
-table. Tune with `validation_examples` (the held-out end of the training split); the test split
-is only evaluated here, for the figures you report.
+table, each file whole; the folder is held while the seeds run, so that a second seeds command
+with the same --results is refused. Tune with `validation_examples` (the held-out end of the
+training split); the test split is only evaluated here, for the figures you report.
 """
 
+import contextlib
 import json
 import re
-import shutil
 import statistics
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from alexnet_jax.config import derive, validate
 from alexnet_jax.data import Dataset, load_dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator, result_json, views
+from alexnet_jax.locks import hold_output
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.train import train_and_evaluate
 
@@ -84,10 +86,19 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
     # first seed trains: a refusal of the last seed would come hours later otherwise.
     for seed in seeds:
         validate(seeded_config(config, seed))
-    if results:
-        check_results(Path(results), seeds)
-    for seed in seeds:
-        rundir.check_ahead(run_dir_of(workdir, seed, config), seeded_config(config, seed))
+    # The results folder is held until its summary is written: what check_results found there
+    # stays true, and no other seeds command mixes its files in.
+    held = hold_output(results, "seeds run", "--results") if results else contextlib.nullcontext()
+    with held:
+        if results:
+            check_results(Path(results), seeds)
+        for seed in seeds:
+            rundir.check_ahead(run_dir_of(workdir, seed, config), seeded_config(config, seed))
+        return train_seeds(config, seeds, workdir, results, dataset)
+
+
+def train_seeds(config, seeds, workdir, results, dataset: Dataset | None) -> dict:
+    """Train and evaluate each seed, its evidence copied into `results`; the summary."""
     source = dataset or load_dataset(config.dataset, config.data_dir, config.download)
     mesh = make_mesh()
     derived = derive(config)
@@ -120,12 +131,12 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
                     seed=seed,
                 )
                 target = Path(results) / f"seed{seed}"
-                target.mkdir(parents=True, exist_ok=True)
-                (target / FILES[name]).write_text(json.dumps(payload, indent=2) + "\n")
+                # Each file whole (written beside and renamed): a failed write keeps the last.
+                outputs.write_json(payload, str(target / FILES[name]), quiet=True)
                 for pattern in EVIDENCE:
                     evidence = run_dir / pattern.format(dataset=config.dataset)
                     if evidence.exists():
-                        shutil.copy(evidence, target / evidence.name)
+                        outputs.copy_file(evidence, target / evidence.name)
         runs.append(
             {
                 "seed": seed,
@@ -136,9 +147,8 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
         )
     summary = summarize(config, runs)
     if results:
-        Path(results).mkdir(parents=True, exist_ok=True)
-        (Path(results) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        (Path(results) / "summary.md").write_text(markdown(summary) + "\n")
+        outputs.write_json(summary, str(Path(results) / SUMMARY), quiet=True)
+        outputs.write_text(Path(results) / "summary.md", markdown(summary) + "\n")
     return summary
 
 

@@ -1,11 +1,17 @@
+import errno
 import json
+import os
+import shutil
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from alexnet_jax import seeds
 from alexnet_jax.checkpoint import Checkpoints
-from alexnet_jax.locks import Lock
+from alexnet_jax.errors import UserError
+from alexnet_jax.locks import Lock, hold_output, output_lock_path
 from alexnet_jax.run import build
 from alexnet_jax.rundir import LOCK
 
@@ -19,7 +25,7 @@ class Unread:
         raise AssertionError(f"the data was read ({name}) before the seeds were checked")
 
 
-def test_runs_each_seed_and_summarises_with_evidence(tiny_dataset, tmp_path, capsys):
+def test_runs_each_seed_and_summarises_with_evidence(tiny_dataset, tmp_path, monkeypatch):
     # With test-time shifts of its own: evaluated single view, flipped, and over its 5 views.
     config = tiny_config(num_epochs=1, eval_shift=1)
     results = tmp_path / "results"
@@ -56,6 +62,23 @@ def test_runs_each_seed_and_summarises_with_evidence(tiny_dataset, tmp_path, cap
     again = seeds.run_seeds(config, [3, 4], tmp_path / "runs", results, tiny_dataset)
     assert [run["test_accuracy"] for run in again["runs"]] == accuracies
     assert json.loads((results / "summary.json").read_text()) == again
+
+    # A copy that fails part way (a full disk) leaves the earlier file whole: the evidence was
+    # copied in place, and half a metrics.jsonl was left.
+    evidence = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    copyfile = shutil.copyfile
+
+    def disk_fills(source, target, **kwargs):
+        if Path(source).name != "metrics.jsonl":
+            return copyfile(source, target, **kwargs)
+        Path(target).write_bytes(b'{"epo')  # the first bytes, then no more room
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(shutil, "copyfile", disk_fills)
+    with pytest.raises(UserError, match=r"could not write .*seed3/metrics.jsonl \(No space left"):
+        seeds.run_seeds(config, [3, 4], tmp_path / "runs", results, tiny_dataset)
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == evidence
+    assert not output_lock_path(results).exists()
 
 
 def test_repeated_seeds_are_refused(tiny_dataset, tmp_path):
@@ -101,6 +124,27 @@ def test_an_unreadable_summary_in_results_is_refused_before_anything_trains(tmp_
     with pytest.raises(seeds.UserError, match=r"summary.json cannot be read \(Expecting "):
         seeds.run_seeds(tiny_config(), [0, 1], tmp_path / "runs", tmp_path, Unread())
     assert (tmp_path / "summary.json").read_text() == '{"seeds": [0, 1'
+
+
+def test_a_results_folder_in_use_by_another_seeds_run_is_refused_before_anything_trains(
+    tmp_path,
+):
+    # Two seeds commands (other workdirs, one --results): summary.md, summary.json and each
+    # seed's evidence came from different configs.
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "summary.json").write_text('{"seeds": [0, 1]}')  # the first's, so far
+    with hold_output(results, "seeds run", "--results"):
+        with pytest.raises(UserError) as refused:
+            seeds.run_seeds(tiny_config(), [0, 1], tmp_path / "runs", results, Unread())
+    assert str(refused.value).startswith(
+        f"{results} is in use by another seeds run (pid {os.getpid()} on host "
+        f"{socket.gethostname()} since "
+    )
+    assert str(refused.value).endswith("wait for it to end, or pass another --results")
+    assert [p.name for p in results.iterdir()] == ["summary.json"]
+    assert (results / "summary.json").read_text() == '{"seeds": [0, 1]}'
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("problem", ["other settings", "held", "a run as workdir"])
