@@ -3,7 +3,8 @@
 DIR receives the inference function (uint8 images of the dataset's size -> logits, the
 preprocessing included) serialized with `jax.export` as StableHLO for any batch size, its weights
 as .npz and a manifest. `alexnet_jax.exported` runs it without the model code or the config.
-DIR is new, empty or an earlier export, which this one replaces; any other folder is refused.
+DIR is new, empty or an earlier export, which this one replaces; any other folder is refused,
+and so is a second export into DIR while one writes it.
 `--onnx` adds model.onnx, converted by jax2onnx (the `onnx` extra).
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 from alexnet_jax import checkpoint, compilation_cache, exported, outputs
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import combined_logits, inference_options, view_logits, views
+from alexnet_jax.locks import hold_output
 from alexnet_jax.outputs import listed
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
@@ -296,11 +298,12 @@ def main(argv=None):
         raise UserError(f"--platforms {args.platforms}: choose from {', '.join(PLATFORMS)}")
     out = Path(args.out)
     outputs.check_folder(args.out, "--out")
-    check_replaceable(out)  # before the checkpoint is read: nothing of the user's is replaced
-    compilation_cache.enable()
-
-    trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
-    manifest, differences = export_checked(trained, out, platforms, args.onnx)
+    # Held until the export is in place: another export into `out` would mix its files in.
+    with hold_output(out, "export", "--out"):
+        check_replaceable(out)  # before the checkpoint is read: nothing of the user's is replaced
+        compilation_cache.enable()
+        trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
+        manifest, differences = export_checked(trained, out, platforms, args.onnx)
 
     shape = "x".join(map(str, manifest["input"]["shape"][1:]))
     print(f"exported {trained.config.dataset}, {checkpoint.describe(trained, args.best)}")

@@ -1,7 +1,9 @@
 import errno
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 
 from alexnet_jax import checkpoint, export, exported, preprocess
 from alexnet_jax.data import spec
+from alexnet_jax.locks import hold_output
 from alexnet_jax.parallel import make_mesh
 
 from conftest import tmpfs
@@ -246,6 +249,33 @@ def test_export_refuses_a_folder_that_is_not_an_earlier_export_before_reading_th
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: --out {out} ")
     assert re.search(message, line), line
+
+
+def test_a_second_export_into_a_folder_in_use_is_refused_before_reading_the_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    # Two exports into one folder: the later won, or a manifest described other weights.
+    def load_trained(*_, **__):
+        raise AssertionError("the checkpoint was read while another export held --out")
+
+    monkeypatch.setattr(checkpoint, "load_trained", load_trained)
+    out = tmp_path / "exported"
+    out.mkdir()
+    first = {exported.MANIFEST: EARLIER_MANIFEST, exported.WEIGHTS: b"the first export's"}
+    for name, content in first.items():
+        (out / name).write_bytes(content)
+    with hold_output(out, "export", "--out"):  # as the first export does while it writes
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["--ckpt", "a-run", "--out", str(out), "--platforms", "cpu"])
+        assert exit_info.value.code == 2
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: {out} is in use by another export (pid {os.getpid()} on host "
+        f"{socket.gethostname()} since "
+    )
+    assert line.endswith("): wait for it to end, or pass another --out"), line
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no lock file left
 
 
 def test_a_full_disk_during_the_export_is_one_line_and_keeps_the_earlier_export(
