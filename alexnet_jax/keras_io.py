@@ -18,6 +18,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from alexnet_jax.config import default_config, derive, validate
 from alexnet_jax.data import DATASETS, spec
 from alexnet_jax.errors import UserError, cli, first_line
 from alexnet_jax.evaluation import combined_logits, view_logits, views
+from alexnet_jax.locks import hold_output
 from alexnet_jax.model import BN_EPSILON, LAYERS, MIN_IMAGE_SIZE, AlexNet, feature_size
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import create_train_state, inference_variables
@@ -594,6 +596,60 @@ def import_model(
     evaluated here), a fresh optimiser state, and the config the file implies.
     """
     out = Path(out)
+    # Held from the check that `out` is new or empty until the run is written: a second import
+    # into it is refused, rather than writing the same files (and Orbax's temporary folder, of
+    # a fixed name, which each one removes as it opens the checkpoints) beside this one's.
+    with hold_output(out, "keras_io import", "--out"):
+        check_run_folder(out)
+        imported = read_model(source, dataset, input_scale, image_size)
+        read, size, scale, folded = (
+            imported.read,
+            imported.image_size,
+            imported.input_scale,
+            imported.folded,
+        )
+
+        config = default_config()
+        config.update(dataset=dataset, image_size=size)
+        if read.dropout_rate is not None:
+            config.dropout_rate = read.dropout_rate
+        if data_dir:
+            config.data_dir = data_dir
+        validate(config)
+        # A fresh state (optimiser moments at zero, step 0) with the imported weights in it.
+        state = create_train_state(config, derive(config), 1, imported.variables)
+        record = {
+            "source": str(read.source.absolute()),
+            "sha256": hashlib.sha256(read.source.read_bytes()).hexdigest(),
+            "format": read.format,
+            "keras_version": read.keras_version,
+            "dataset": dataset,
+            "image_size": size,
+            "input_scale": {
+                "meaning": describe_scale(scale, dataset),
+                "from": "the file" if input_scale is None else "--input-scale",
+                "a": np.broadcast_to(scale[0], spec(dataset).image_shape[-1:]).tolist(),
+                "b": np.broadcast_to(scale[1], spec(dataset).image_shape[-1:]).tolist(),
+            },
+            "folded_into_conv2d": folded,
+            "imported": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        write_run(out, state, config, record)
+
+    say(f"imported {read.source} ({read.format}) into {out}")
+    say(f"  {dataset}, {size}x{size} input; the file's inputs: {record['input_scale']['meaning']}")
+    if folded:
+        say("  that scale is folded into conv2d's kernel and bias, as alexnet_jax feeds")
+        say(f"  {INPUT_SCALES['standard']}")
+    for note in read.notes:
+        say(f"  note: {note}")
+    say("  epoch 0 (no alexnet_jax training, no metrics); eval, predict, report and export take")
+    say(f"  --ckpt {out}")
+    return out
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse an `out` that is not a new or empty folder."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a folder for the run")
     if (out / checkpoint.CHECKPOINTS).exists():
@@ -606,59 +662,27 @@ def import_model(
             f"--out {out} is not empty ({outputs.listed(present)}): the run is written into a "
             "new or empty folder; name one (nothing was changed)"
         )
-    imported = read_model(source, dataset, input_scale, image_size)
-    read, size, scale, folded = (
-        imported.read,
-        imported.image_size,
-        imported.input_scale,
-        imported.folded,
-    )
 
-    config = default_config()
-    config.update(dataset=dataset, image_size=size)
-    if read.dropout_rate is not None:
-        config.dropout_rate = read.dropout_rate
-    if data_dir:
-        config.data_dir = data_dir
-    validate(config)
-    # A fresh state (optimiser moments at zero, step 0) with the imported weights in it.
-    state = create_train_state(config, derive(config), 1, imported.variables)
+
+def write_run(out: Path, state, config, record: dict) -> None:
+    """The run's checkpoint, config.json and imported.json into the new or empty `out`. An
+    import that fails part way removes what it wrote: a checkpoints folder left there would
+    make the next import refuse `out` as a run, which eval would find empty."""
     out.mkdir(parents=True, exist_ok=True)
-    checkpoints = checkpoint.Checkpoints(out / checkpoint.CHECKPOINTS)
     try:
-        checkpoints.save(0, state, config, [])
-        checkpoints.wait()
-    finally:
-        checkpoints.close()
-    artifacts.write_config(out, config)
-    record = {
-        "source": str(read.source.absolute()),
-        "sha256": hashlib.sha256(read.source.read_bytes()).hexdigest(),
-        "format": read.format,
-        "keras_version": read.keras_version,
-        "dataset": dataset,
-        "image_size": size,
-        "input_scale": {
-            "meaning": describe_scale(scale, dataset),
-            "from": "the file" if input_scale is None else "--input-scale",
-            "a": np.broadcast_to(scale[0], spec(dataset).image_shape[-1:]).tolist(),
-            "b": np.broadcast_to(scale[1], spec(dataset).image_shape[-1:]).tolist(),
-        },
-        "folded_into_conv2d": folded,
-        "imported": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    (out / IMPORTED).write_text(json.dumps(record, indent=2) + "\n")
-
-    say(f"imported {read.source} ({read.format}) into {out}")
-    say(f"  {dataset}, {size}x{size} input; the file's inputs: {record['input_scale']['meaning']}")
-    if folded:
-        say("  that scale is folded into conv2d's kernel and bias, as alexnet_jax feeds")
-        say(f"  {INPUT_SCALES['standard']}")
-    for note in read.notes:
-        say(f"  note: {note}")
-    say("  epoch 0 (no alexnet_jax training, no metrics); eval, predict, report and export take")
-    say(f"  --ckpt {out}")
-    return out
+        checkpoints = checkpoint.Checkpoints(out / checkpoint.CHECKPOINTS)
+        try:
+            checkpoints.save(0, state, config, [])
+            checkpoints.wait()
+        finally:
+            checkpoints.close()
+        artifacts.write_config(out, config)
+        outputs.write_text(out / IMPORTED, json.dumps(record, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(out / checkpoint.CHECKPOINTS, ignore_errors=True)
+        for name in (artifacts.CONFIG, IMPORTED):
+            (out / name).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

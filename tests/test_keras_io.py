@@ -2,6 +2,8 @@
 
 import errno
 import json
+import os
+import socket
 
 import h5py
 import jax
@@ -21,6 +23,7 @@ from alexnet_jax import (
 )
 from alexnet_jax import eval as eval_cli
 from alexnet_jax.data import DATASETS, Split
+from alexnet_jax.locks import hold_output
 from alexnet_jax.model import STEMS, AlexNet
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
@@ -467,6 +470,59 @@ def test_an_import_into_a_folder_that_is_not_empty_is_refused(seed_files, tmp_pa
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     if kind != "a workdir":
         assert (out / "config.json").read_text() == '{"mine": 1}'
+
+
+def test_a_second_import_into_a_folder_in_use_is_refused_and_leaves_it_alone(
+    seed_files, tmp_path, capsys
+):
+    # Two imports into one folder: both found it empty, each removed the other's checkpoint in
+    # flight (Orbax's temporary folder has a fixed name), and one or neither survived.
+    out = tmp_path / "run"
+    with hold_output(out, "keras_io import", "--out"):  # as the first import does
+        with pytest.raises(SystemExit) as exit_info:
+            keras_io.main(
+                [
+                    "import",
+                    str(seed_files[1] / "seed.keras"),
+                    "--dataset",
+                    "mnist",
+                    "--out",
+                    str(out),
+                ]
+            )
+        assert exit_info.value.code == 2
+        assert not out.exists()  # nothing written by the second
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: {out} is in use by another keras_io import (pid {os.getpid()} on host "
+        f"{socket.gethostname()} since "
+    )
+    assert line.endswith("): wait for it to end, or pass another --out"), line
+    assert list(tmp_path.iterdir()) == []  # and the lock file went with its holder
+
+
+def test_an_import_that_fails_part_way_leaves_nothing_that_blocks_the_next(
+    seed_files, tmp_path, monkeypatch, capsys
+):
+    # Its checkpoints folder stayed: the next import refused the folder as a run, eval found
+    # no checkpoint in it.
+    def disk_fills(*_):
+        raise OSError(errno.ENOSPC, "No space left on device", "config.json")
+
+    monkeypatch.setattr(keras_io.artifacts, "write_config", disk_fills)
+    argv = ["import", str(seed_files[1] / "seed.keras"), "--dataset", "mnist"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new", empty):
+        with pytest.raises(SystemExit) as exit_info:
+            keras_io.main([*argv, "--out", str(out)])
+        assert exit_info.value.code == 1
+        assert "no space left on the disk" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]  # the folder made is gone
+    assert list(empty.iterdir()) == []  # the one that was there stays, empty
+    monkeypatch.undo()
+    keras_io.main([*argv, "--out", str(empty)])
+    assert (empty / keras_io.IMPORTED).exists() and (empty / checkpoint.CHECKPOINTS).is_dir()
 
 
 def test_export_wants_a_keras_file_name(imported, tmp_path, capsys):
