@@ -694,38 +694,50 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
     out = Path(out)
     if out.suffix != ".keras":
         raise UserError(f"--out {out}: a Keras 3 model file must end in .keras")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: pass a file name ending in .keras")
-    if out.exists():
-        # It may be the user's own Keras model, the very file a run was imported from.
-        raise UserError(f"--out {out} exists: delete it first, or name another file")
-    outputs.check_file(str(out), "--out")
-    keras_model = _keras_model()
-    trained = checkpoint.load_trained(ckpt, best, make_mesh(jax.devices()[:1]))
-    config = trained.config
-    variables = jax.device_get(inference_variables(trained.state))
-    model = keras_model.inference_model(
-        config.dataset,
-        config.image_size,
-        variables,
-        config.dropout_rate,
-        flip=config.eval_flip,
-        shift=config.eval_shift,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside and renamed, so that a failed export never leaves half a file at `out`.
-    partial = out.with_name(f".{out.stem}.partial.keras")
-    try:
+    # Held from the check that `out` does not exist until the model is in place: a second
+    # export to it is refused, rather than checking or removing this one's file.
+    with hold_output(out, "keras_io export", "--out"):
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder: pass a file name ending in .keras")
+        if out.exists():
+            # It may be the user's own Keras model, the very file a run was imported from.
+            raise UserError(f"--out {out} exists: delete it first, or name another file")
+        outputs.check_file(str(out), "--out")
+        keras_model = _keras_model()
+        trained = checkpoint.load_trained(ckpt, best, make_mesh(jax.devices()[:1]))
+        config = trained.config
+        variables = jax.device_get(inference_variables(trained.state))
+        model = keras_model.inference_model(
+            config.dataset,
+            config.image_size,
+            variables,
+            config.dropout_rate,
+            flip=config.eval_flip,
+            shift=config.eval_shift,
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside under a name of its own and linked into place, so that a failed export
+        # never leaves half a file at `out`, and a file that appeared there is never replaced.
+        partial = outputs.temporary_beside(out).with_suffix(".partial.keras")
         try:
-            model.save(partial)
-        except OSError as e:
-            if not outputs.disk_full(e):
-                raise
-            raise outputs.write_error(str(out), e) from e
-        difference = check_export(trained, partial)
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
+            try:
+                model.save(partial)
+            except OSError as e:
+                if not outputs.disk_full(e):
+                    raise
+                raise outputs.write_error(str(out), e) from e
+            difference = check_export(trained, partial)
+            try:
+                outputs.publish_new(partial, out)
+            except FileExistsError as e:
+                raise UserError(
+                    f"--out {out} appeared while the model was exported (another program wrote "
+                    "it): it was left as it is and the export was not written; name another file"
+                ) from e
+            except OSError as e:
+                raise outputs.write_error(str(out), e) from e
+        finally:
+            partial.unlink(missing_ok=True)
 
     shape = "x".join(map(str, trained.derived.dataset.image_shape))
     averaged = " (the moving average of its weights)" if trained.state.ema is not None else ""

@@ -93,6 +93,23 @@ def copy_file(source: Path, path: Path) -> None:
         raise
 
 
+def publish_new(temporary: Path, path: Path) -> None:
+    """Put the finished file `temporary` at `path` without ever replacing a file there: a hard
+    link, which fails with FileExistsError when `path` exists (another program wrote it while
+    this one worked); the caller removes `temporary`. On a filesystem without hard links, a
+    check and a rename, which a file that comes in between them would not survive."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from e
+        temporary.replace(path)
+
+
 def temporary_beside(path: Path) -> Path:
     """A name beside `path` for a temporary file of this call's own (hidden, unique)."""
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")

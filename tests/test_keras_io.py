@@ -543,6 +543,47 @@ def test_export_leaves_an_existing_file_alone(imported, tmp_path, capsys):
     assert existing.read_bytes() == b"the user's model"
 
 
+def test_a_second_keras_export_to_a_file_in_use_is_refused(imported, tmp_path, capsys):
+    # Two exports to one file: one checked the other's model ("logits differ ... please report
+    # this"), the other's cleanup removed it, or the later silently replaced the earlier.
+    out = tmp_path / "m.keras"
+    with hold_output(out, "keras_io export", "--out"):  # as the first export does
+        with pytest.raises(SystemExit) as exit_info:
+            keras_io.main(["export", "--ckpt", str(imported[0]), "--out", str(out)])
+        assert exit_info.value.code == 2
+        assert not out.exists()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: {out} is in use by another keras_io export (pid {os.getpid()} on host "
+    )
+    assert line.endswith("): wait for it to end, or pass another --out"), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_keras_export_never_replaces_a_file_that_appeared_meanwhile(
+    imported, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "m.keras"
+    check_export = keras_io.check_export
+
+    def another_program_writes_out(trained, path):
+        difference = check_export(trained, path)
+        out.write_bytes(b"another program's model")  # after the check that it did not exist
+        return difference
+
+    monkeypatch.setattr(keras_io, "check_export", another_program_writes_out)
+    with pytest.raises(SystemExit) as exit_info:
+        keras_io.main(["export", "--ckpt", str(imported[0]), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert out.read_bytes() == b"another program's model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no partial file, no lock
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: --out {out} appeared while the model was exported (another program wrote it): "
+        "it was left as it is and the export was not written; name another file"
+    )
+
+
 def test_a_full_disk_during_the_keras_export_is_one_line_and_leaves_no_file(
     tiny_run, tmp_path, monkeypatch, capsys
 ):

@@ -113,3 +113,21 @@ def test_two_writers_of_one_file_each_put_a_whole_file_in_place(tmp_path):
     assert failures == []
     assert json.loads(path.read_text()) in documents
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_publishing_a_new_file_never_replaces_one_that_is_there(hard_links, tmp_path, monkeypatch):
+    if not hard_links:  # a filesystem without them (FAT): a check, then a rename
+
+        def refused(*_):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(outputs.os, "link", refused)
+    first, second = tmp_path / ".m.1.partial", tmp_path / ".m.2.partial"
+    first.write_text("first")
+    second.write_text("second")
+    target = tmp_path / "m.keras"
+    outputs.publish_new(first, target)
+    with pytest.raises(FileExistsError):
+        outputs.publish_new(second, target)
+    assert target.read_text() == "first"
