@@ -156,6 +156,16 @@ def hold_output(path: str | Path, purpose: str, option: str):
     command that failed before writing anything leaves nothing).
     """
     lock_path = output_lock_path(path)
+    if lock_path.parent.is_dir() and not os.access(lock_path.parent, os.W_OK):
+        # A writable folder in one that is not (`--out .` in a shared parent): no room for the
+        # lock beside it. Go on, as on a filesystem without locks.
+        print(
+            f"warning: cannot lock {path} ({lock_path.parent} cannot be written): a second "
+            f"{purpose} into it would not be refused",
+            flush=True,
+        )
+        yield
+        return
     made = missing_folders(lock_path.parent)
     lock = Lock(lock_path, purpose, place=str(Path(path).parent))
     lock.make_folder()

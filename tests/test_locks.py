@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,23 @@ def test_holding_an_output_leaves_nothing_but_what_the_command_wrote(tmp_path):
         "new",
         "new/m.keras",
     ]
+
+
+def test_an_output_in_a_folder_that_cannot_be_written_is_written_unlocked(
+    tmp_path, monkeypatch, capsys
+):
+    # `--out .` where the folder above refuses writing: no lock file can go beside the output.
+    out = tmp_path / "out"
+    out.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and access(p, mode))
+    with hold_output(out, "sweep", "--out"):
+        (out / "sweep.json").write_text("{}")
+    assert capsys.readouterr().out == (
+        f"warning: cannot lock {out} ({tmp_path} cannot be written): a second sweep into it "
+        "would not be refused\n"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "sweep.json"]
 
 
 def test_a_killed_holders_lock_is_taken_over(tmp_path):
