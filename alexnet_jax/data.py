@@ -59,6 +59,9 @@ def spec(name: str) -> DatasetSpec:
 
 @dataclass(frozen=True)
 class Split:
+    """Images and their labels: `images` uint8 [N, H, W, C] (pixels 0..255; the model scales
+    and normalises them itself), `labels` integers [N], one per image, in 0 .. classes - 1."""
+
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int32 [N]
 
@@ -68,14 +71,140 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """A dataset in memory: what `train.train_and_evaluate(config, workdir, dataset)` trains on
+    in place of TFDS (`check_dataset` says what it must hold).
+
+    `name` identifies it: the run records it, and a run resumes only with the data it was
+    trained on. `train` and `test` hold at least one image each (`test` may be None when
+    `config.validation_examples` holds images out of `train` instead); their images have the
+    channels of `config.dataset`, which also sets the model's classes and normalisation.
+    `class_names` names each label, one name per class.
+    """
+
     name: str
     train: Split
-    test: Split
+    test: Split | None
     class_names: tuple[str, ...]
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def check_dataset(dataset: Dataset, config) -> None:
+    """Refuse, in one line, a `dataset` that `config` cannot train on, or would train on wrongly.
+
+    `config.dataset` supplies the model's input channels, its classes and the normalisation
+    (mean and std), whatever the Dataset: its images must have those channels, and its labels
+    must be classes of the model. Any height and width is taken (resized to `image_size`, the
+    aspect ratio not kept), as long as `cutout` and `eval_shift` leave something to see.
+    """
+    if not isinstance(dataset.name, str) or not dataset.name:
+        raise UserError(
+            f"the Dataset's name is {dataset.name!r}: give it a name (a non-empty string), which "
+            "the run records so that it resumes only with the same data"
+        )
+    splits = {"train": dataset.train}
+    if dataset.test is not None or not config.validation_examples:  # evaluated, or given
+        splits["test"] = dataset.test
+    for split_name, split in splits.items():
+        _check_split(split, f"the {split_name} split of the Dataset {dataset.name!r}", config)
+    names = tuple(dataset.class_names or ())
+    classes = len(spec(config.dataset).class_names)
+    if len(names) != classes:
+        raise UserError(
+            f"the Dataset {dataset.name!r} has {len(names)} class_names, and "
+            f"{_gives(config, f'{classes} classes')}: pass {classes} names, one per label in order"
+        )
+
+
+def _gives(config, what: str) -> str:
+    """`config.dataset='mnist' gives the model <what>`, and what each choice gives."""
+    def channels(s):
+        return f"{s.image_shape[-1]} channel{'s' if s.image_shape[-1] > 1 else ''}"
+
+    choices = ", ".join(
+        f"{name!r} {channels(s)} and {len(s.class_names)} classes"
+        for name, s in sorted(DATASETS.items())
+    )
+    return (
+        f"config.dataset={config.dataset!r} gives the model {what} (config.dataset sets the "
+        f"model's channels, classes and normalisation: {choices})"
+    )
+
+
+def _check_split(split, what: str, config) -> None:
+    model = spec(config.dataset)
+    channels, classes = model.image_shape[-1], len(model.class_names)
+    if split is None:
+        raise UserError(
+            f"{what} is None, and it is what the run evaluates: pass Split(images, labels), or "
+            "hold out training images with config.validation_examples to evaluate those"
+        )
+    if not isinstance(split, Split):
+        raise UserError(
+            f"{what} is {type(split).__name__}, not an alexnet_jax.data.Split: pass "
+            "Split(images, labels)"
+        )
+    shape = getattr(split.images, "shape", None)
+    dtype = getattr(split.images, "dtype", None)
+    if shape is None or dtype is None:
+        raise UserError(
+            f"{what} has images of type {type(split.images).__name__}: pass a NumPy uint8 array "
+            "[N, H, W, C]"
+        )
+    if dtype != np.uint8:
+        raise UserError(
+            f"{what} has {dtype} images, not uint8: pass pixels 0..255 as uint8 (the model "
+            "scales and normalises them itself; for images in [0, 1], np.round(images * 255))"
+        )
+    if len(shape) != 4:
+        grey = "; add the channel axis to grey images, images[..., None]" if len(shape) == 3 else ""
+        raise UserError(
+            f"{what} has images of shape {tuple(shape)}: pass them as [N, H, W, C]{grey}"
+        )
+    if shape[-1] != channels:
+        fits = [name for name, s in sorted(DATASETS.items()) if s.image_shape[-1] == shape[-1]]
+        change = f"set config.dataset={fits[0]!r}, or " if fits else ""
+        gives = _gives(config, f"{channels}-channel input")
+        raise UserError(
+            f"{what} has {shape[-1]}-channel images, and {gives}: {change}convert the images to "
+            f"{channels} channel(s)"
+        )
+    if shape[0] == 0:
+        raise UserError(f"{what} holds no images: pass at least one")
+    side = min(shape[1:3])
+    if side == 0:
+        raise UserError(f"{what} has {shape[1]}x{shape[2]} images: pass images with pixels")
+    if config.cutout >= side:
+        raise UserError(
+            f"cutout={config.cutout} would hide the whole {shape[1]}x{shape[2]} image of {what}: "
+            f"use less than {side} (or 0 for none)"
+        )
+    if config.eval_shift and config.eval_shift >= side // 2:
+        raise UserError(
+            f"eval_shift={config.eval_shift} would shift the {shape[1]}x{shape[2]} image of "
+            f"{what} out of view: use less than {side // 2} (or 0 for none)"
+        )
+    labels = np.asarray(split.labels)
+    if labels.ndim != 1:
+        raise UserError(
+            f"{what} has labels of shape {labels.shape}: pass one class index per image, [N]"
+        )
+    if len(labels) != shape[0]:
+        raise UserError(
+            f"{what} has {shape[0]} images and {len(labels)} labels: pass one label per image"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(
+            f"{what} has {labels.dtype} labels: pass integer class indices 0..{classes - 1}"
+        )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise UserError(
+            f"{what} has labels {low}..{high}, and {_gives(config, f'{classes} classes')}: pass "
+            f"labels 0..{classes - 1}"
+        )
 
 
 def default_data_dir() -> str:
@@ -126,12 +255,12 @@ class TrainingData:
         return len(self.class_names)
 
 
-def training_plan(num_train: int, config, process_count: int = 1):
+def training_plan(num_train: int, config, process_count: int = 1, source: str = ""):
     """Index ranges of the training split: (each process's training shard, held-out range).
 
     The last `validation_examples` images are held out; of the rest, the first
     `train_examples` (all when 0; more than there are is refused) are split into contiguous,
-    nearly equal shards.
+    nearly equal shards. `source` names the data in refusals (default: `config.dataset`).
     """
     held_out = config.validation_examples
     if held_out >= num_train:
@@ -143,7 +272,7 @@ def training_plan(num_train: int, config, process_count: int = 1):
         left = f" left after validation_examples={held_out}" if held_out else ""
         raise UserError(
             f"train_examples={config.train_examples} is more than the {stop} training images "
-            f"of {config.dataset}{left}: pass at most {stop}, or 0 for all of them"
+            f"of {source or config.dataset}{left}: pass at most {stop}, or 0 for all of them"
         )
     if config.train_examples:
         stop = config.train_examples
@@ -173,8 +302,11 @@ def load_training_data(config, process_index: int = 0, process_count: int = 1) -
 def training_data_from(
     dataset: Dataset, config, process_index: int = 0, process_count: int = 1
 ) -> TrainingData:
-    """The same carving as `load_training_data`, of a dataset already in memory."""
-    shards, held_out = training_plan(len(dataset.train), config, process_count)
+    """The same carving as `load_training_data`, of a dataset already in memory (refused in
+    one line, by `check_dataset`, when it does not fit `config`)."""
+    check_dataset(dataset, config)
+    name = f"the Dataset {dataset.name!r}"
+    shards, held_out = training_plan(len(dataset.train), config, process_count, name)
 
     def part(start, stop):
         return Split(dataset.train.images[start:stop], dataset.train.labels[start:stop])

@@ -30,7 +30,7 @@ from alexnet_jax.checkpoint import (
 from alexnet_jax.cli import add_process_arguments, command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
 from alexnet_jax.cost import FirstCallsTimer, cost_line
-from alexnet_jax.data import Dataset
+from alexnet_jax.data import Dataset, check_dataset
 from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
@@ -54,9 +54,10 @@ def train_and_evaluate(
 ) -> Trained:
     """Train `config` in <workdir>/<dataset>/, resuming from its latest readable checkpoint.
 
-    `dataset` replaces the TFDS one (tests, synthetic data); with several processes, each one
-    keeps only its shard of its training images. Returns the final state with the metrics
-    history (one row per epoch), as `checkpoint.load_trained` would restore it.
+    `dataset` replaces the TFDS one (tests, synthetic data; `data.Dataset` says what it must
+    hold); with several processes, each one keeps only its shard of its training images.
+    Returns the final state with the metrics history (one row per epoch), as
+    `checkpoint.load_trained` would restore it.
     """
     validate(config)  # before the run directory is touched (`run.build` checks for its own callers)
     run_dir = Path(workdir) / config.dataset
@@ -67,6 +68,8 @@ def train_and_evaluate(
         checkpoints = Checkpoints(run_dir / CHECKPOINTS, keep=config.keep_checkpoints)
         try:
             rundir.check_settings(checkpoints, config)
+            if dataset is not None:  # refused before anything is placed or written: `hold`
+                check_dataset(dataset, config)  # removes the folders of a new run
             return train(config, run_dir, checkpoints, dataset, devices)
         finally:
             checkpoints.close()

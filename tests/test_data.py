@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -137,17 +138,138 @@ def test_training_and_validation_ranges_never_overlap(size, train, held_out, pro
     assert len(sizes) == processes and max(sizes) - min(sizes) <= 1
     process = draw.draw(st.integers(0, processes - 1))
     dataset = data.synthetic_dataset("mnist", size, 1)
-    numbered = data.Dataset(
-        "mnist", data.Split(dataset.train.images, np.arange(size)), dataset.test, ()
-    )
+    images = dataset.train.images.copy()  # each numbered by its first two pixels
+    images[:, 0, 0, 0], images[:, 0, 1, 0] = np.divmod(np.arange(size), 256)
+    numbered = dataclasses.replace(dataset, train=data.Split(images, dataset.train.labels))
+
+    def positions(split):
+        return list(split.images[:, 0, 0, 0].astype(int) * 256 + split.images[:, 0, 1, 0])
+
     part = data.training_data_from(numbered, config, process, processes)
-    assert list(part.train.labels) == list(range(*shards[process]))
+    assert positions(part.train) == list(range(*shards[process]))
     if held_out:
         assert part.eval_name == "validation"
-        assert list(part.evaluation.labels) == list(range(size - held_out, size))
-        assert not set(part.train.labels) & set(part.evaluation.labels)
+        assert positions(part.evaluation) == list(range(size - held_out, size))
+        assert not set(positions(part.train)) & set(positions(part.evaluation))
     else:
         assert part.eval_name == "test" and part.evaluation is numbered.test
+
+
+def replaced(dataset, split="train", **arrays):
+    """`dataset` with its `split`'s images or labels replaced."""
+    old = getattr(dataset, split)
+    new = data.Split(arrays.get("images", old.images), arrays.get("labels", old.labels))
+    return dataclasses.replace(dataset, **{split: new})
+
+
+GIVES = (
+    r"config.dataset='mnist' gives the model {} \(config.dataset sets the model's channels, "
+    r"classes and normalisation: 'cifar10' 3 channels and 10 classes, 'mnist' 1 channel and 10 "
+    r"classes\)"
+)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: replaced(d, images=np.repeat(d.train.images, 3, axis=-1)),
+            r"the train split of the Dataset 'digits' has 3-channel images, and "
+            + GIVES.format("1-channel input")
+            + r": set config.dataset='cifar10', or convert the images to 1 channel\(s\)$",
+        ),
+        (
+            lambda d: replaced(d, images=d.train.images.astype(np.float32) / 255),
+            r"the train split of the Dataset 'digits' has float32 images, not uint8: pass "
+            r"pixels 0..255 as uint8",
+        ),
+        (
+            lambda d: replaced(d, images=d.train.images[..., 0]),
+            r"has images of shape \(48, 28, 28\): pass them as \[N, H, W, C\]; add the "
+            r"channel axis to grey images, images\[..., None\]",
+        ),
+        (
+            lambda d: replaced(d, images=list(d.train.images)),
+            "has images of type list: pass a NumPy uint8 array",
+        ),
+        (
+            lambda d: replaced(d, images=d.train.images[:, :0]),
+            "the train split of the Dataset 'digits' has 0x28 images: pass images with pixels",
+        ),
+        (
+            lambda d: replaced(d, labels=d.train.labels + 10),
+            r"the train split of the Dataset 'digits' has labels 10..19, and "
+            + GIVES.format("10 classes")
+            + r": pass labels 0..9$",
+        ),
+        (
+            lambda d: replaced(d, "test", labels=d.test.labels - 1),
+            r"the test split .* labels -1\.\.",
+        ),
+        (
+            lambda d: replaced(d, labels=d.train.labels.astype(np.float32)),
+            "has float32 labels: pass integer class indices 0..9",
+        ),
+        (
+            lambda d: replaced(d, labels=d.train.labels[:, None]),
+            r"has labels of shape \(48, 1\): pass one class index per image",
+        ),
+        (
+            lambda d: replaced(d, labels=d.train.labels[:40]),
+            "the train split of the Dataset 'digits' has 48 images and 40 labels: pass one label "
+            "per image",
+        ),
+        (
+            lambda d: replaced(d, "test", images=d.test.images[:0], labels=d.test.labels[:0]),
+            "the test split of the Dataset 'digits' holds no images: pass at least one",
+        ),
+        (
+            lambda d: dataclasses.replace(d, test=None),
+            "the test split of the Dataset 'digits' is None, and it is what the run evaluates",
+        ),
+        (
+            lambda d: dataclasses.replace(d, class_names=("zero", "one")),
+            r"the Dataset 'digits' has 2 class_names, and "
+            + GIVES.format("10 classes")
+            + ": pass 10 names, one per label in order$",
+        ),
+        (lambda d: dataclasses.replace(d, name=""), "the Dataset's name is '': give it a name"),
+        (
+            lambda d: replaced(d, "test", images=d.test.images[:, :5, :5]),
+            r"cutout=6 would hide the whole 5x5 image of the test split of the Dataset 'digits': "
+            r"use less than 5",
+        ),
+    ],
+)
+def test_a_dataset_that_does_not_fit_the_config_is_refused_in_one_line(change, message):
+    dataset = dataclasses.replace(data.synthetic_dataset("mnist", 48, 16), name="digits")
+    with pytest.raises(UserError, match=message) as refused:
+        data.check_dataset(change(dataset), tiny_config(cutout=6))
+    assert "\n" not in str(refused.value)
+
+
+def test_what_the_pipeline_takes_is_accepted():
+    # Any height and width (resized to image_size; tests/test_train.py trains on such images),
+    # any integer labels in range, and no test split when a validation split is held out.
+    dataset = data.synthetic_dataset("mnist", 48, 16)
+    config = tiny_config()
+    for changed in (
+        replaced(dataset, images=dataset.train.images[:, :3, :7]),
+        replaced(dataset, labels=dataset.train.labels.astype(np.uint8)),
+        replaced(dataset, labels=dataset.train.labels.astype(np.int64)),
+    ):
+        data.check_dataset(changed, config)
+    data.check_dataset(dataclasses.replace(dataset, test=None), tiny_config(validation_examples=8))
+
+
+def test_more_train_examples_than_a_dataset_has_names_the_dataset():
+    dataset = dataclasses.replace(data.synthetic_dataset("mnist", 48, 16), name="digits")
+    with pytest.raises(
+        UserError,
+        match="train_examples=100 is more than the 48 training images of the Dataset "
+        "'digits': pass at most 48",
+    ):
+        data.training_data_from(dataset, tiny_config(train_examples=100))
 
 
 def test_validation_images_are_read_from_the_end_of_the_training_split(

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from alexnet_jax import seeds
 from alexnet_jax.checkpoint import Checkpoints
+from alexnet_jax.data import Split
 from alexnet_jax.errors import UserError
 from alexnet_jax.locks import Lock, hold_output, output_lock_path
 from alexnet_jax.run import build
@@ -84,6 +86,21 @@ def test_runs_each_seed_and_summarises_with_evidence(tiny_dataset, tmp_path, mon
 def test_repeated_seeds_are_refused(tiny_dataset, tmp_path):
     with pytest.raises(seeds.UserError, match="repeats a seed"):
         seeds.run_seeds(tiny_config(), [1, 1], tmp_path, None, tiny_dataset)
+
+
+def test_a_dataset_that_does_not_fit_is_refused_before_anything_is_placed(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    def placed(*args):
+        raise AssertionError("the test split was placed on the devices")
+
+    monkeypatch.setattr(seeds, "DeviceSplit", placed)
+    grey = Split(tiny_dataset.test.images[..., 0], tiny_dataset.test.labels)  # no channel axis
+    with pytest.raises(seeds.UserError, match=r"the test split .* images of shape \(32, 28, 28\)"):
+        seeds.run_seeds(
+            tiny_config(), [0, 1], tmp_path / "runs", None, replace(tiny_dataset, test=grey)
+        )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_seeds_differ_in_data_only_so_they_run_the_same_programs(tiny_dataset, cpu_devices):

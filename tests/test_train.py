@@ -1,3 +1,4 @@
+import dataclasses
 import errno
 import re
 import shutil
@@ -15,14 +16,15 @@ from alexnet_jax import artifacts, keys, rundir, step, train
 from alexnet_jax.augmentation import Augmentation
 from alexnet_jax.checkpoint import Checkpoints
 from alexnet_jax.config import derive
-from alexnet_jax.data import Split, synthetic_dataset, training_data_from
+from alexnet_jax.data import Dataset, Split, synthetic_dataset, training_data_from
 from alexnet_jax.errors import UserError
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator
 from alexnet_jax.guarded_update import MomentumSGD
+from alexnet_jax.interrupt import StopRequests
 from alexnet_jax.metric_log import read_steps
 from alexnet_jax.parallel import DATA_AXIS, make_mesh
 from alexnet_jax.pipeline import TrainPartitions
-from alexnet_jax.run import NonFiniteLoss, build
+from alexnet_jax.run import NonFiniteLoss, build, run_epoch
 from alexnet_jax.step import TrainCalls, all_finite, step_is_finite
 
 from conftest import LEVERS, new_state, single_steps, tiny_config, train_until_interrupted
@@ -186,6 +188,51 @@ def test_batch_must_divide_by_device_count(tiny_dataset, cpu_devices, tmp_path):
     config = tiny_config(batch_size=15)
     with pytest.raises(UserError, match="batch_size=15 does not divide by the 2 devices"):
         train.train_and_evaluate(config, tmp_path, tiny_dataset, cpu_devices[:2])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # Each used to fail deep in Flax (ScopeParamShapeError), train silently on all-zero
+        # targets then fail in the evaluation's figures (IndexError), or train a whole epoch
+        # and then fail in the evaluation.
+        (
+            lambda d: Split(np.repeat(d.images, 3, axis=-1), d.labels),
+            "the train split of the Dataset 'mnist' has 3-channel images",
+        ),
+        (lambda d: Split(d.images, d.labels + 10), r"has labels 10\.\.19, .*: pass labels 0\.\.9$"),
+        (lambda d: Split(d.images[:0], d.labels[:0]), "the train split .* holds no images"),
+    ],
+)
+def test_a_dataset_that_does_not_fit_is_refused_before_anything_is_placed_leaving_no_folder(
+    tiny_dataset, tmp_path, monkeypatch, change, message
+):
+    def placed(*args):
+        raise AssertionError("the run was built: its data placed on the devices")
+
+    monkeypatch.setattr(train, "build", placed)
+    dataset = dataclasses.replace(tiny_dataset, train=change(tiny_dataset.train))
+    with pytest.raises(UserError, match=message):
+        train.train_and_evaluate(tiny_config(), tmp_path / "runs", dataset)
+    assert list(tmp_path.iterdir()) == []  # neither runs/mnist, its lock nor its checkpoints/
+
+
+def test_images_of_any_height_and_width_train_and_evaluate(cpu_devices):
+    # What check_dataset lets through: 5x9 images, not square and far smaller than MNIST's,
+    # through every lever, cutout, and the evaluation's mirrored and shifted views.
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        images = rng.integers(0, 256, (n, 5, 9, 1)).astype(np.uint8)
+        return Split(images, rng.integers(0, 10, n).astype(np.int32))
+
+    dataset = Dataset("small", split(32), split(8), tuple(map(str, range(10))))
+    config = tiny_config(cutout=2, eval_flip=True, eval_shift=1, **LEVERS)
+    run = build(config, dataset, cpu_devices[:1])
+    with StopRequests() as stop:
+        _, row, result = run_epoch(run, run.fresh_state(), 0, stop)
+    assert np.isfinite(row["train_loss"]) and np.isfinite(result.loss)
+    assert result.confusion.sum() == 8
 
 
 def test_tiny_training_learns_and_writes_its_artifacts(tiny_dataset, cpu_devices, tmp_path, capsys):
