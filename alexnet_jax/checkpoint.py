@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax.config import Derived, default_config, derive
+from alexnet_jax.data import TFDS
 from alexnet_jax.distributed import barrier, is_primary
 from alexnet_jax.errors import UserError, first_line
 from alexnet_jax.parallel import make_mesh, replicated
@@ -36,6 +37,7 @@ from alexnet_jax.state import TrainState, create_train_state
 
 CHECKPOINTS = "checkpoints"
 PARTIAL = "partial"  # <run>/checkpoints/partial/<global step>/: a stopped epoch's progress
+DATA = "data"  # the item that records where the run's data came from (`data.data_record`)
 QUARANTINE = "checkpoints-unreadable"
 TEMPORARY_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax writes <id><suffix>... and renames it when done
 # The accuracy of the split evaluated during training (row["eval_split"]): the validation split
@@ -277,23 +279,26 @@ class Checkpoints:
     def path(self, id: int, partial: bool = False) -> Path:
         return self.directory / PARTIAL / str(id) if partial else self.directory / str(id)
 
-    def save(self, epoch, state, config, history) -> None:
-        """Start writing the complete checkpoint of `epoch` (returns before the write completes)."""
+    def save(self, epoch, state, config, history, data: dict | None = None) -> None:
+        """Start writing the complete checkpoint of `epoch` (returns before the write completes).
+        `data` records where the run's data came from (`data.data_record`)."""
         self._save(
             False,
             epoch,
             state,
-            {"config": config.to_dict(), "history": history},
+            {"config": config.to_dict(), "history": history, **_data_item(data)},
             # An epoch-0 checkpoint (an imported model) has no metrics, and is never "best".
             metrics={BEST_METRIC: history[-1][BEST_METRIC]} if history else None,
         )
 
-    def save_partial(self, state, config, history, progress: dict) -> Path:
+    def save_partial(self, state, config, history, progress: dict, data: dict | None = None):
         """Start writing a partial checkpoint: the state within a stopped epoch, the completed
-        epochs' `history` and the epoch's `progress`. Returns its folder."""
+        epochs' `history` and the epoch's `progress` (and `data`, as `save`). Returns its
+        folder."""
         step = int(state.step)
         if step not in self.partial_steps():  # (else a resumed run stopped before its next step)
             items = {"config": config.to_dict(), "history": history, "progress": progress}
+            items.update(_data_item(data))
             self._save(True, step, state, items)
         return self.path(step, partial=True)
 
@@ -384,6 +389,14 @@ class Checkpoints:
         """How many processes and devices wrote the checkpoint."""
         return self._read_verified(id, partial).topology
 
+    def read_data(self, id: int, partial: bool = False) -> dict:
+        """Where the run's data came from (`data.data_record`); for a checkpoint written before
+        runs recorded it, TFDS's dataset of its config (version not recorded)."""
+        restored = self._read_verified(id, partial)
+        if DATA in restored:
+            return restored[DATA]
+        return {"source": TFDS, "name": restored.config.get("dataset")}
+
     def read_progress(self, step: int) -> dict:
         """A partial checkpoint's progress: `epoch` (1-based, the stopped one), `steps_done`,
         `steps_per_epoch` and what `run.EpochProgress` needs to go on."""
@@ -419,6 +432,8 @@ class Checkpoints:
         names = {"config": dict, "history": list, "topology": dict}
         if partial:
             names["progress"] = dict
+        if (self.path(id, partial) / DATA).is_dir():  # checkpoints from before it have none
+            names[DATA] = dict
         restored = self._read(
             id,
             partial,
@@ -429,6 +444,8 @@ class Checkpoints:
         integrity = restored.integrity
         if not isinstance(integrity, dict) or integrity.get("version") != FINGERPRINT_VERSION:
             raise self._corrupt(id, partial, "its integrity record is missing or unknown")
+        if f"{DATA}_sha256" in integrity and DATA not in names:
+            raise self._corrupt(id, partial, f"its {DATA} record is missing")
         for name, kind in names.items():
             value = getattr(restored, name)
             if not isinstance(value, kind) or json_sha256(value) != integrity.get(f"{name}_sha256"):
@@ -512,6 +529,10 @@ class Restored:
     topology: dict  # how many processes and devices wrote it
 
 
+def _data_item(data: dict | None) -> dict:
+    return {} if data is None else {DATA: data}
+
+
 def why_save_failed(error: BaseException) -> str:
     """The cause of a failed write in a few words: TensorStore's messages run to several
     hundred characters of paths, with the cause at the end."""
@@ -587,6 +608,7 @@ class Trained:
     history: list[dict]  # the metrics rows of the completed epochs
     derived: Derived  # what the config implies (dataset spec, dtype, classes)
     progress: dict | None = None  # a partial checkpoint's (see `Checkpoints.read_progress`)
+    data: dict | None = None  # where its data came from (`Checkpoints.read_data`)
 
     @property
     def label(self) -> str:
@@ -645,6 +667,7 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
                 abstract = abstract_train_state(config, derived)
                 state, history = checkpoints.restore(chosen, abstract, mesh, is_partial)
                 progress = checkpoints.read_progress(chosen) if is_partial else None
+                data = checkpoints.read_data(chosen, is_partial)
             except CorruptCheckpoint as e:
                 if (
                     attempt == 0
@@ -658,7 +681,7 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
             checkpoints.close()
         epoch = progress["epoch"] if progress else chosen
         path = checkpoints.path(chosen, is_partial)
-        return Trained(config, state, epoch, path, history, derived, progress)
+        return Trained(config, state, epoch, path, history, derived, progress, data)
     raise AssertionError("unreachable")
 
 

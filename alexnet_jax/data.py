@@ -120,6 +120,7 @@ def check_dataset(dataset: Dataset, config) -> None:
 
 def _gives(config, what: str) -> str:
     """`config.dataset='mnist' gives the model <what>`, and what each choice gives."""
+
     def channels(s):
         return f"{s.image_shape[-1]} channel{'s' if s.image_shape[-1] > 1 else ''}"
 
@@ -205,6 +206,33 @@ def _check_split(split, what: str, config) -> None:
             f"{what} has labels {low}..{high}, and {_gives(config, f'{classes} classes')}: pass "
             f"labels 0..{classes - 1}"
         )
+
+
+# Where a run's data came from, as its checkpoints record it (`data_record`).
+TFDS, IN_MEMORY = "tfds", "in-memory"
+
+
+def data_record(config, dataset: Dataset | None = None) -> dict:
+    """Where a run of `config` reads its data: TFDS by name and pinned version, or the in-memory
+    `dataset` by its name, class names and split sizes. Checkpoints carry it
+    (`checkpoint.Checkpoints.save`); one without it is of a TFDS run."""
+    if dataset is None:
+        return {"source": TFDS, "name": config.dataset, "version": spec(config.dataset).version}
+    return {
+        "source": IN_MEMORY,
+        "name": dataset.name,
+        "class_names": [str(name) for name in dataset.class_names],
+        "train_images": len(dataset.train),
+        "test_images": None if dataset.test is None else len(dataset.test),
+    }
+
+
+def describe_data(record: dict) -> str:
+    """`TFDS mnist:3.0.1`, or `the in-memory Dataset 'digits'`."""
+    if record["source"] == IN_MEMORY:
+        return f"the in-memory Dataset {record['name']!r}"
+    version = f":{record['version']}" if record.get("version") else ""
+    return f"TFDS {record['name']}{version}"
 
 
 def default_data_dir() -> str:

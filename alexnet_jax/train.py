@@ -30,7 +30,7 @@ from alexnet_jax.checkpoint import (
 from alexnet_jax.cli import add_process_arguments, command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
 from alexnet_jax.cost import FirstCallsTimer, cost_line
-from alexnet_jax.data import Dataset, check_dataset
+from alexnet_jax.data import Dataset, check_dataset, data_record
 from alexnet_jax.distributed import initialize, is_primary, log
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.interrupt import StopRequests, stopped
@@ -70,13 +70,15 @@ def train_and_evaluate(
             rundir.check_settings(checkpoints, config)
             if dataset is not None:  # refused before anything is placed or written: `hold`
                 check_dataset(dataset, config)  # removes the folders of a new run
-            return train(config, run_dir, checkpoints, dataset, devices)
+            source = data_record(config, dataset)  # what its checkpoints record
+            return train(config, run_dir, checkpoints, dataset, devices, source)
         finally:
             checkpoints.close()
 
 
-def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> Trained:
-    """Build the run, resume it, then train and evaluate epoch by epoch."""
+def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices, source) -> Trained:
+    """Build the run, resume it, then train and evaluate epoch by epoch; each checkpoint records
+    `source`, where the data came from (`data.data_record`)."""
     run = build(config, dataset, devices)
     state, history, progress = run.fresh_state(), [], None
     restored = rundir.resume(checkpoints, config, run.abstract_state(), run.mesh, report=log)
@@ -152,7 +154,7 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                 # The write of the last save has long finished; a failure of it shows here.
                 checkpoints.wait()
                 if not unsaved:
-                    checkpoints.save(epoch + 1, state, config, history)
+                    checkpoints.save(epoch + 1, state, config, history, source)
                 if last:
                     checkpoints.wait()
                 now = time.perf_counter()
@@ -180,7 +182,9 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
                     row["epoch_seconds"] += row["eval_seconds"] - before  # the split adds up
                 if is_primary() and unsaved:
                     write(checkpoints, artifacts.write_history, run_dir, history)
-                raise stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
+                raise stopped_and_saved(
+                    stop, checkpoints, run, state, history, progress, unsaved, source
+                )
             checkpoints.wait()
             best = checkpoints.best_epoch()
         finally:
@@ -199,7 +203,8 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices) -> 
     if best:  # an epoch with metrics (an imported model's epoch 0 has none)
         log(f"best checkpoint: epoch {best}, {chosen_by(history[best - 1])}")
     epoch = len(history)
-    return Trained(config, state, epoch, checkpoints.directory / str(epoch), history, run.derived)
+    path = checkpoints.directory / str(epoch)
+    return Trained(config, state, epoch, path, history, run.derived, data=source)
 
 
 def epoch_line(row: dict, num_epochs: int, unsaved: bool) -> str:
@@ -220,7 +225,7 @@ def epoch_line(row: dict, num_epochs: int, unsaved: bool) -> str:
     )
 
 
-def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved):
+def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved, source):
     """Save what the stop would lose (the stopped epoch's steps, or a completed epoch not yet
     checkpointed); the error that ends the run says what was kept and how to go on."""
     checkpoints.wait()
@@ -228,7 +233,7 @@ def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
     if progress is not None and progress.steps_done:
         steps = f"step {progress.steps_done} of {run.steps_per_epoch}"
         path = checkpoints.save_partial(
-            state, config, history, progress.to_json(run.steps_per_epoch)
+            state, config, history, progress.to_json(run.steps_per_epoch), source
         )
         checkpoints.wait()
         return stopped(
@@ -238,7 +243,7 @@ def stopped_and_saved(stop, checkpoints, run, state, history, progress, unsaved)
             where=f"during epoch {progress.epoch + 1}, after {steps}",
         )
     if unsaved:
-        checkpoints.save(len(history), state, config, history)
+        checkpoints.save(len(history), state, config, history, source)
         checkpoints.wait()
     return stopped(stop, len(history), kept_checkpoint(checkpoints), f"after epoch {len(history)}")
 

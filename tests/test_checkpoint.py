@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from alexnet_jax.checkpoint import (
     load_trained,
     locate,
 )
+from alexnet_jax.data import data_record, synthetic_dataset, training_data_from
 from alexnet_jax.errors import UserError
 from alexnet_jax.parallel import make_mesh
 
@@ -117,6 +119,57 @@ def saved_run(tmp_path):
     checkpoints.save(1, state, config, [row(1, 0.5)])
     checkpoints.wait()
     return tmp_path, config, state
+
+
+def test_a_checkpoint_records_where_its_data_came_from(saved_run):
+    directory, config, state = saved_run  # epoch 1, saved without a record, as before it
+    memory = data_record(config, synthetic_dataset("mnist", 64, 32))
+    assert memory == {
+        "source": "in-memory",
+        "name": "mnist",
+        "class_names": [f"class {i}" for i in range(10)],
+        "train_images": 64,
+        "test_images": 32,
+    }
+    checkpoints = Checkpoints(directory)
+    checkpoints.save(2, state, config, [row(1, 0.5), row(2, 0.5)], memory)
+    progress = {"epoch": 3, "steps_done": 1, "steps_per_epoch": 4, "totals": {}}
+    partial = checkpoints.save_partial(state, config, [row(1, 0.5), row(2, 0.5)], progress, memory)
+    checkpoints.wait()
+    assert checkpoints.read_data(2) == memory
+    assert checkpoints.read_data(int(partial.name), partial=True) == memory
+    # A checkpoint from before the record is of a TFDS run (its version not recorded).
+    assert checkpoints.read_data(1) == {"source": "tfds", "name": "mnist"}
+    # The record is under the checkpoint's integrity record, as the config is.
+    (directory / "2" / "data" / "metadata").write_text('{"source": "tfds", "name": "mnist"}')
+    with pytest.raises(CorruptCheckpoint, match=r"/2 is unreadable: its data differs from what"):
+        checkpoints.read_data(2)
+    shutil.rmtree(partial / "data")
+    with pytest.raises(CorruptCheckpoint, match=r"is unreadable: its data record is missing"):
+        checkpoints.read_data(int(partial.name), partial=True)
+
+
+def test_a_run_records_the_data_it_was_trained_on(tiny_run):
+    # tests/conftest.py trains it on 64 + 32 synthetic images of a Dataset named "mnist".
+    assert load_trained(tiny_run).data == {
+        "source": "in-memory",
+        "name": "mnist",
+        "class_names": [f"class {i}" for i in range(10)],
+        "train_images": 64,
+        "test_images": 32,
+    }
+
+
+def test_a_run_on_tfds_records_its_name_and_version(
+    tiny_dataset, cpu_devices, tmp_path, monkeypatch
+):
+    def read_from_tfds(config, *shard):  # stands in for TFDS's MNIST, which is slow to train on
+        return training_data_from(tiny_dataset, config, *shard)
+
+    monkeypatch.setattr("alexnet_jax.run.load_training_data", read_from_tfds)
+    trained = train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, None, cpu_devices[:1])
+    recorded = {"source": "tfds", "name": "mnist", "version": "3.0.1"}
+    assert trained.data == load_trained(tmp_path / "mnist").data == recorded
 
 
 def test_best_with_a_named_checkpoint_is_refused(tmp_path):
