@@ -4,8 +4,9 @@ read, and resumed from.
 A run directory holds one run: its checkpoints, metrics and figures. `hold` makes one training
 its only writer (an operating-system lock, which the kernel releases however the process
 ends), checks that it can be written and has room for a checkpoint, and keeps the libraries'
-thread noise in a log file there; `check_settings` refuses a run of other settings; all of
-this before the data is read. `resume` restores its newest readable checkpoint.
+thread noise in a log file there; `check_settings` refuses a run of other settings, and
+`check_data` one trained on other data (TFDS, or another in-memory Dataset); all of this before
+the data is read. `resume` restores its newest readable checkpoint.
 """
 
 import asyncio
@@ -25,6 +26,7 @@ from jax.sharding import Mesh
 
 from alexnet_jax.checkpoint import CHECKPOINTS, Checkpoints, CorruptCheckpoint, Restored
 from alexnet_jax.config import RESUMABLE_CHANGES
+from alexnet_jax.data import describe_data
 from alexnet_jax.distributed import any_process, is_primary
 from alexnet_jax.errors import UserError
 from alexnet_jax.locks import Lock, missing_folders
@@ -85,6 +87,17 @@ def check_ahead(run_dir: Path, config: ml_collections.ConfigDict) -> None:
         checkpoints = Checkpoints(run_dir / CHECKPOINTS, read_only=True)
         try:
             check_settings(checkpoints, config)
+        finally:
+            checkpoints.close()
+
+
+def check_data_ahead(run_dir: Path, data: dict) -> None:
+    """Refuse now what `check_data` would refuse in `run_dir`, as `check_ahead` does (after it:
+    the Dataset is checked in between)."""
+    if (run_dir / CHECKPOINTS).exists():
+        checkpoints = Checkpoints(run_dir / CHECKPOINTS, read_only=True)
+        try:
+            check_data(checkpoints, data)
         finally:
             checkpoints.close()
 
@@ -269,9 +282,7 @@ def state_bytes(state: TrainState) -> int:
 def check_settings(checkpoints: Checkpoints, config: ml_collections.ConfigDict) -> None:
     """Refuse now, before the data is read, a run directory whose newest readable checkpoint
     has other settings or another process count (`resume` checks each one it reads again)."""
-    candidates = [(step, True) for step in reversed(checkpoints.partial_steps())]
-    candidates += [(epoch, False) for epoch in reversed(checkpoints.epochs())]
-    for id, partial in candidates:
+    for id, partial in newest_first(checkpoints):
         try:
             saved = checkpoints.read_config(id, partial)
             topology = checkpoints.read_topology(id, partial)
@@ -282,22 +293,43 @@ def check_settings(checkpoints: Checkpoints, config: ml_collections.ConfigDict) 
         return
 
 
+def check_data(checkpoints: Checkpoints, data: dict) -> None:
+    """Refuse now, before the data is read, a run directory whose newest readable checkpoint
+    was trained on other data than `data` (a `data.data_record`); `resume` checks each one it
+    reads again."""
+    for id, partial in newest_first(checkpoints):
+        try:
+            saved = checkpoints.read_data(id, partial)
+        except CorruptCheckpoint:
+            continue  # `resume` moves it aside
+        check_same_data(saved, data, checkpoints.path(id, partial))
+        return
+
+
+def newest_first(checkpoints: Checkpoints) -> list[tuple[int, bool]]:
+    """(id, is partial) of every checkpoint, the partial ones (newer) first."""
+    candidates = [(step, True) for step in reversed(checkpoints.partial_steps())]
+    return candidates + [(epoch, False) for epoch in reversed(checkpoints.epochs())]
+
+
 def resume(
     checkpoints: Checkpoints,
     config: ml_collections.ConfigDict,
+    data: dict,
     abstract_state: TrainState,
     mesh: Mesh,
     report=print,
 ) -> Restored | None:
-    """The newest checkpoint that reads back intact and may resume with `config` (a partial one
-    when a stop ended the run after the last complete one), or None when there is none.
-    Unreadable checkpoints are moved aside; one of other settings or another process count is
-    refused with a UserError."""
+    """The newest checkpoint that reads back intact and may resume with `config` and `data` (a
+    partial one when a stop ended the run after the last complete one), or None when there is
+    none. Unreadable checkpoints are moved aside; one of other settings, another process count
+    or other data is refused with a UserError."""
 
     def check(id, partial):
         where = checkpoints.path(id, partial)
         check_resumable(checkpoints.read_config(id, partial), config, where)
         check_topology(checkpoints.read_topology(id, partial), where)
+        check_same_data(checkpoints.read_data(id, partial), data, where)
 
     return checkpoints.restore_latest_readable(abstract_state, mesh, check=check, report=report)
 
@@ -341,6 +373,20 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
         raise UserError(
             f"{where} holds a run with other settings ({'; '.join(changed)}){why}: "
             "use another --workdir, or the run's own settings to resume it"
+        )
+
+
+def check_same_data(saved: dict, data: dict, where) -> None:
+    """A run resumes only with the data it was trained on: TFDS's dataset (of the same version,
+    where the run recorded one), or the in-memory Dataset of the same name. Its epochs were
+    trained and judged on that data: the best checkpoint is chosen among them."""
+    same = (saved.get("source"), saved.get("name")) == (data["source"], data["name"])
+    if same and saved.get("version") and data.get("version"):
+        same = saved["version"] == data["version"]
+    if not same:
+        raise UserError(
+            f"{where} holds a run trained on {describe_data(saved)}, and this run reads "
+            f"{describe_data(data)}: use another --workdir, or the run's own data to resume it"
         )
 
 

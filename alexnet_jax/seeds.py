@@ -22,7 +22,7 @@ from pathlib import Path
 from alexnet_jax import artifacts, checkpoint, compilation_cache, outputs, rundir
 from alexnet_jax.cli import command_parser, config_from_command_line
 from alexnet_jax.config import derive, validate
-from alexnet_jax.data import Dataset, check_dataset, load_dataset
+from alexnet_jax.data import Dataset, check_dataset, data_record, load_dataset
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, evaluate, make_evaluator, result_json, views
 from alexnet_jax.locks import hold_output
@@ -96,6 +96,8 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
             rundir.check_ahead(run_dir_of(workdir, seed, config), seeded_config(config, seed))
         if dataset is not None:
             check_dataset(dataset, config)
+        for seed in seeds:  # a seed's run already trained was trained on this data
+            rundir.check_data_ahead(run_dir_of(workdir, seed, config), data_record(config, dataset))
         return train_seeds(config, seeds, workdir, results, dataset)
 
 

@@ -71,6 +71,7 @@ def train_and_evaluate(
             if dataset is not None:  # refused before anything is placed or written: `hold`
                 check_dataset(dataset, config)  # removes the folders of a new run
             source = data_record(config, dataset)  # what its checkpoints record
+            rundir.check_data(checkpoints, source)
             return train(config, run_dir, checkpoints, dataset, devices, source)
         finally:
             checkpoints.close()
@@ -81,7 +82,9 @@ def train(config, run_dir: Path, checkpoints: Checkpoints, dataset, devices, sou
     `source`, where the data came from (`data.data_record`)."""
     run = build(config, dataset, devices)
     state, history, progress = run.fresh_state(), [], None
-    restored = rundir.resume(checkpoints, config, run.abstract_state(), run.mesh, report=log)
+    restored = rundir.resume(
+        checkpoints, config, source, run.abstract_state(), run.mesh, report=log
+    )
     if restored is not None:
         state = jax.device_put(restored.state, replicated(run.mesh))
         history = rundir.with_timings(restored.history, written_history(run_dir), TIMING_FIELDS)

@@ -295,3 +295,64 @@ def test_asking_a_run_for_more_epochs_says_why_it_is_another_run():
         check_resumable(saved, tiny_config(num_epochs=5), "runs/mnist")
     with pytest.raises(UserError, match=r"\(learning_rate: 0.5 -> 0.01\): use another"):
         check_resumable(tiny_config(learning_rate=0.5), tiny_config(), "runs/mnist")
+
+
+IN_MEMORY = {"source": "in-memory", "name": "mnist", "class_names": [], "train_images": 64}
+
+
+@pytest.mark.parametrize(
+    "saved, given, message",
+    [
+        # The run, and another training with the same config and data passed or not: they
+        # shared <workdir>/mnist, and the second resumed the first, mixing the two.
+        (
+            None,
+            "Dataset",
+            r"trained on TFDS mnist, and this run reads the in-memory Dataset 'mnist'",
+        ),
+        (
+            {"source": "tfds", "name": "mnist", "version": "3.0.1"},
+            "Dataset",
+            r"trained on TFDS mnist:3.0.1, and this run reads the in-memory Dataset 'mnist'",
+        ),
+        (
+            IN_MEMORY,
+            "TFDS",
+            r"trained on the in-memory Dataset 'mnist', and this run reads TFDS mnist:3.0.1",
+        ),
+        (
+            {**IN_MEMORY, "name": "digits"},
+            "Dataset",
+            r"trained on the in-memory Dataset 'digits', and this run reads the in-memory "
+            r"Dataset 'mnist'",
+        ),
+        (
+            {"source": "tfds", "name": "mnist", "version": "2.0.0"},
+            "TFDS",
+            r"trained on TFDS mnist:2.0.0, and this run reads TFDS mnist:3.0.1",
+        ),
+    ],
+)
+def test_a_run_resumes_only_with_the_data_it_was_trained_on(
+    saved, given, message, tmp_path, monkeypatch
+):
+    config = tiny_config(num_epochs=1)
+    checkpoints = Checkpoints(tmp_path / "mnist" / "checkpoints")
+    checkpoints.save(1, new_state(config), config, [{"epoch": 1, "test_accuracy": 0.5}], saved)
+    checkpoints.wait()
+    checkpoints.close()
+
+    def read(*args):
+        raise AssertionError("the data was read before the run's own data was checked")
+
+    monkeypatch.setattr("alexnet_jax.run.load_training_data", read)
+    monkeypatch.setattr("alexnet_jax.run.training_data_from", read)
+    dataset = synthetic_dataset("mnist", 64, 32) if given == "Dataset" else None
+    with pytest.raises(UserError) as refused:
+        train.train_and_evaluate(config, tmp_path, dataset)
+    assert re.fullmatch(
+        rf".*/mnist/checkpoints/1 holds a run {message}: use another --workdir, or the run's "
+        "own data to resume it",
+        str(refused.value),
+    ), refused.value
+    assert sorted(p.name for p in (tmp_path / "mnist" / "checkpoints").iterdir()) == ["1"]

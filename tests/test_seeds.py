@@ -196,3 +196,21 @@ def test_every_seeds_run_directory_is_checked_before_the_first_seed_trains(tmp_p
     finally:
         holder.release()
     assert not (workdir / "seed0").exists()
+
+
+def test_a_seeds_run_trained_on_other_data_is_refused_before_the_first_seed_trains(
+    tiny_dataset, tmp_path
+):
+    workdir = tmp_path / "runs"
+    saved = Checkpoints(workdir / "seed1" / "mnist" / "checkpoints")
+    config = tiny_config(num_epochs=1, seed=1)  # seed 1's own settings, trained on TFDS
+    saved.save(1, new_state(config), config, [{"epoch": 1, "test_accuracy": 0.5}])
+    saved.wait()
+    saved.close()
+    with pytest.raises(
+        seeds.UserError,
+        match=r"seed1/mnist/checkpoints/1 holds a run trained on TFDS mnist, and this run reads "
+        "the in-memory Dataset 'mnist'",
+    ):
+        seeds.run_seeds(tiny_config(num_epochs=1), [0, 1], workdir, None, tiny_dataset)
+    assert not (workdir / "seed0").exists()
