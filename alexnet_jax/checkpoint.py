@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax.config import Derived, default_config, derive
-from alexnet_jax.data import TFDS
+from alexnet_jax.data import IN_MEMORY, TFDS, describe_data
 from alexnet_jax.distributed import barrier, is_primary
 from alexnet_jax.errors import UserError, first_line
 from alexnet_jax.parallel import make_mesh, replicated
@@ -611,6 +611,18 @@ class Trained:
     data: dict | None = None  # where its data came from (`Checkpoints.read_data`)
 
     @property
+    def in_memory(self) -> bool:
+        """Whether it was trained on an in-memory Dataset, not on TFDS (`data.data_record`)."""
+        return bool(self.data) and self.data.get("source") == IN_MEMORY
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Its classes' names: the in-memory Dataset's it was trained on, else TFDS's."""
+        if self.in_memory:
+            return tuple(self.data["class_names"])
+        return self.derived.dataset.class_names
+
+    @property
     def label(self) -> str:
         """What the checkpoint holds, as the commands print it."""
         if self.progress is None:
@@ -640,6 +652,16 @@ def describe(trained: Trained, best: bool = False) -> str:
     if best and trained.history:
         return f"{where}, {chosen_by(trained.history[-1])}"
     return where
+
+
+def in_memory_note(trained: Trained, instead: str) -> str | None:
+    """What a command says of a model trained on an in-memory Dataset, which is not kept with
+    the run: `note: <checkpoint> was trained on the in-memory Dataset '<name>': <instead>`,
+    printed on stderr once the command's work is done (a command that fails says one line).
+    None for a model trained on TFDS."""
+    if not trained.in_memory:
+        return None
+    return f"note: {trained.path} was trained on {describe_data(trained.data)}: {instead}"
 
 
 def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None) -> Trained:

@@ -5,10 +5,11 @@ the data dir the run used unless --data-dir says otherwise.
 """
 
 import argparse
+import sys
 
 from alexnet_jax import checkpoint, compilation_cache, outputs
 from alexnet_jax.config import validate
-from alexnet_jax.data import load_test_split
+from alexnet_jax.data import data_record, describe_data, load_test_split
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import (
     DeviceSplit,
@@ -64,6 +65,10 @@ def main(argv=None):
     split = DeviceSplit(test, config.eval_batch_size, mesh)
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
+    tfds = describe_data(data_record(config))
+    note = checkpoint.in_memory_note(trained, f"it was evaluated on {tfds}'s test split instead")
+    if note:
+        print(note, file=sys.stderr)
 
     shown = views(config.eval_flip, config.eval_shift)
     if args.json != "-":

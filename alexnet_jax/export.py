@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def export(
         "dataset": config.dataset,
         "input": {"shape": [None, *dataset.image_shape], "dtype": "uint8"},
         "output": "logits",
-        "class_names": list(dataset.class_names),
+        "class_names": list(trained.class_names),  # the run's own, when it had a Dataset
         "image_size": config.image_size,
         "compute_dtype": jnp.dtype(trained.derived.dtype).name,
         # Evaluation's test-time views, inside the function: shifts in source pixels (down,
@@ -304,6 +305,10 @@ def main(argv=None):
         compilation_cache.enable()
         trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
         manifest, differences = export_checked(trained, out, platforms, args.onnx)
+    names = listed(list(trained.class_names))
+    note = checkpoint.in_memory_note(trained, f"the manifest lists its class names ({names})")
+    if note:
+        print(note, file=sys.stderr)
 
     shape = "x".join(map(str, manifest["input"]["shape"][1:]))
     print(f"exported {trained.config.dataset}, {checkpoint.describe(trained, args.best)}")

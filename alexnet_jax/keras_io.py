@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import shutil
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -738,6 +739,13 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
                 raise outputs.write_error(str(out), e) from e
         finally:
             partial.unlink(missing_ok=True)
+    note = checkpoint.in_memory_note(
+        trained,
+        f"a Keras file holds no class names: its {trained.derived.num_classes} outputs are its "
+        f"classes, in order ({outputs.listed(list(trained.class_names))})",
+    )
+    if note:
+        print(note, file=sys.stderr)
 
     shape = "x".join(map(str, trained.derived.dataset.image_shape))
     averaged = " (the moving average of its weights)" if trained.state.ema is not None else ""

@@ -289,10 +289,14 @@ def main(argv=None) -> int:
 
     # One device is plenty for a few images, and keeps the batch padding simple.
     trained = checkpoint.load_trained(args.ckpt, args.best, make_mesh(jax.devices()[:1]))
-    class_names = trained.derived.dataset.class_names
+    class_names = trained.class_names
     if not 1 <= args.top_k <= len(class_names):
         raise UserError(f"--top-k={args.top_k} must be between 1 and {len(class_names)}")
     predictions = predict_files(trained, args.images, args.top_k, args.batch_size)
+    names = outputs.listed(class_names)
+    note = checkpoint.in_memory_note(trained, f"its predictions name its classes ({names})")
+    if note:
+        print(note, file=sys.stderr)
 
     if args.json != "-":
         print(f"{trained.config.dataset}, {checkpoint.describe(trained, args.best)}")

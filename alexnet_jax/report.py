@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_jax import artifacts, checkpoint, environment, outputs, plots
-from alexnet_jax.data import Dataset, load_test_split
+from alexnet_jax.data import Dataset, data_record, describe_data, load_test_split
 from alexnet_jax.errors import UserError, cli
 from alexnet_jax.evaluation import DeviceSplit, EvalResult, evaluate, make_evaluator
 from alexnet_jax.parallel import make_mesh
@@ -74,7 +74,14 @@ def write_report(
     shown_config = config.to_dict()  # as trained, before --data-dir
     if data_dir:
         config.data_dir = data_dir
+    note = None
     if dataset is None:
+        tfds = describe_data(data_record(config))
+        note = checkpoint.in_memory_note(
+            trained,
+            f"the report evaluates it on {tfds}'s test split instead; its final metrics are "
+            "those of its training, on that Dataset",
+        )
         test, class_names = load_test_split(config.dataset, config.data_dir, config.download)
     else:
         test, class_names = dataset.test, dataset.class_names
@@ -92,8 +99,11 @@ def write_report(
         class_names=class_names,
         source=checkpoint.describe(trained, best),
         env=environment.read(run_dir),
+        note=note.removeprefix("note: ") if note else None,
     )
     outputs.write_text(path, page)  # a failed write keeps the earlier report whole
+    if note:
+        print(note, file=sys.stderr, flush=True)
     return path
 
 
@@ -113,6 +123,7 @@ def render_html(
     class_names,
     source: str,
     env: dict | None = None,
+    note: str | None = None,
 ) -> str:
     """The page: metrics, figures as data URIs, the config and the environment (of
     environment.json) the run was trained in, as one HTML string."""
@@ -158,6 +169,7 @@ def render_html(
         "<h2>Final metrics</h2>",
         _metrics_table(history),
         "<h2>Evaluation of the test split</h2>",
+        f'<p class="note">{_e(note)}</p>' if note else "",
         _table("evaluation", evaluation_rows),
         "<h2>Loss and accuracy</h2>",
         _img(figures["curves"], "loss and accuracy curves") or "<p>No metrics recorded.</p>",

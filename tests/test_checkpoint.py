@@ -1,3 +1,4 @@
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from alexnet_jax.checkpoint import (
     QUARANTINE,
     Checkpoints,
     CorruptCheckpoint,
+    in_memory_note,
     load_trained,
     locate,
 )
@@ -158,6 +160,18 @@ def test_a_run_records_the_data_it_was_trained_on(tiny_run):
         "train_images": 64,
         "test_images": 32,
     }
+
+
+def test_a_model_trained_on_a_dataset_is_named_by_its_classes_and_noted(tiny_run):
+    trained = load_trained(tiny_run)
+    assert trained.in_memory and trained.class_names == tuple(f"class {i}" for i in range(10))
+    assert in_memory_note(trained, "what instead") == (
+        f"note: {tiny_run}/checkpoints/1 was trained on the in-memory Dataset 'mnist': what instead"
+    )
+    for tfds in ({"source": "tfds", "name": "mnist"}, None):  # recorded, or a Trained made by hand
+        on_tfds = dataclasses.replace(trained, data=tfds)
+        assert not on_tfds.in_memory and in_memory_note(on_tfds, "what instead") is None
+        assert on_tfds.class_names == tuple(str(i) for i in range(10))  # TFDS's MNIST's
 
 
 def test_a_run_on_tfds_records_its_name_and_version(

@@ -51,7 +51,12 @@ def test_eval_cli_restores_a_run_without_its_command_line(
         ["--ckpt", str(tiny_run), "--data-dir", str(shared_tfds), "--json", str(out_json)]
     )
     assert read == ["test"]
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    # The tiny run was trained on a synthetic Dataset (after the progress bar of the reading).
+    assert err.strip().splitlines()[-1] == (
+        f"note: {tiny_run}/checkpoints/1 was trained on the in-memory Dataset 'mnist': it was "
+        "evaluated on TFDS mnist:3.0.1's test split instead"
+    )
     assert "top-1 accuracy" in printed and "confusion matrix" in printed
     report = json.loads(out_json.read_text())
     matrix = np.array(report["confusion_matrix"])

@@ -104,7 +104,8 @@ def test_export_refuses_to_write_what_fails_its_check(tiny_run, tmp_path, monkey
 def test_manifest_describes_the_input_and_the_classes(export_dir):
     manifest = json.loads((export_dir / exported.MANIFEST).read_text())
     assert manifest["input"] == {"shape": [None, 28, 28, 1], "dtype": "uint8"}
-    assert manifest["class_names"] == [str(i) for i in range(10)]
+    # The names of the tiny run's own classes (its synthetic Dataset's), not MNIST's.
+    assert manifest["class_names"] == [f"class {i}" for i in range(10)]
     assert manifest["dataset"] == "mnist" and manifest["image_size"] == 67
     assert manifest["platforms"] == ["cpu", "cuda"] and manifest["epoch"] == 1
     with np.load(export_dir / exported.WEIGHTS, allow_pickle=False) as weights:
@@ -155,8 +156,12 @@ def test_export_cli_checks_what_it_wrote(tiny_run, tmp_path, capsys):
     (out / export.ONNX).write_bytes(b"an earlier export's model")
     (out / "notes.txt").write_text("the user's own file")
     export.main(["--ckpt", str(tiny_run), "--out", str(out), "--platforms", "cpu"])
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "checked jax: logits within" in printed
+    assert err == (
+        f"note: {tiny_run}/checkpoints/1 was trained on the in-memory Dataset 'mnist': the "
+        "manifest lists its class names (class 0, class 1, class 2 and 7 more)\n"
+    )
     assert json.loads((out / exported.MANIFEST).read_text())["platforms"] == ["cpu"]
     assert not (out / export.ONNX).exists()
     assert (out / "notes.txt").read_text() == "the user's own file"

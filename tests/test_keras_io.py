@@ -615,3 +615,15 @@ def test_a_real_full_disk_during_the_keras_export_leaves_nothing_on_it(tiny_run,
         f"error: could not write {out} (No space left on device): free disk space and run it "
         "again\n"
     )
+
+
+def test_the_keras_export_of_a_run_trained_on_a_dataset_names_its_classes(
+    tiny_run, tmp_path, capsys
+):
+    # A Keras file carries no class names: the note says which the outputs are.
+    keras_io.main(["export", "--ckpt", str(tiny_run), "--out", str(tmp_path / "m.keras")])
+    assert capsys.readouterr().err == (
+        f"note: {tiny_run}/checkpoints/1 was trained on the in-memory Dataset 'mnist': a Keras "
+        "file holds no class names: its 10 outputs are its classes, in order (class 0, class 1, "
+        "class 2 and 7 more)\n"
+    )

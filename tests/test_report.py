@@ -92,6 +92,19 @@ def test_report_of_a_run_on_the_real_test_split(mnist_report):
     assert cell(text, "devices").endswith("(cpu)")
 
 
+def test_the_report_of_a_run_trained_on_a_dataset_says_it_evaluates_tfds_instead(mnist_report):
+    # Its final metrics are its synthetic test split's; the evaluation below them is MNIST's.
+    text = mnist_report.read_text()
+    note = (
+        f"{mnist_report.parent}/checkpoints/1 was trained on the in-memory Dataset &#x27;mnist"
+        "&#x27;: the report evaluates it on TFDS mnist:3.0.1&#x27;s test split instead; its final "
+        "metrics are those of its training, on that Dataset"
+    )
+    assert f'<h2>Evaluation of the test split</h2>\n<p class="note">{note}</p>' in text
+    # The classes evaluated are MNIST's, and so are the per-class rows' names.
+    assert cell(text, "7").endswith("%") and "class 7" not in text
+
+
 def test_report_evaluates_what_training_evaluated(tiny_run, cpu_devices, tmp_path, capsys):
     # The tiny run's last evaluation was of this same synthetic test split.
     dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
@@ -213,7 +226,8 @@ def test_a_run_without_a_checkpoint_is_skipped_and_the_others_are_reported(
     assert not (tmp_path / "a-starting" / "mnist" / report.REPORT).exists()
     captured = capsys.readouterr()
     assert f"wrote {finished / report.REPORT}" in captured.out
-    skipped, summary = captured.err.strip().splitlines()
+    skipped, note, summary = captured.err.strip().splitlines()
+    assert note.startswith(f"note: {finished}/checkpoints/1 was trained on the in-memory Dataset")
     assert skipped.startswith(f"skipped {tmp_path / 'a-starting' / 'mnist'}: ")
     assert "holds no checkpoint: a training writes its first after checkpoint_every" in skipped
     assert summary == (
