@@ -32,6 +32,7 @@ from alexnet_jax.config import Derived, default_config, derive
 from alexnet_jax.data import IN_MEMORY, TFDS, describe_data
 from alexnet_jax.distributed import barrier, is_primary
 from alexnet_jax.errors import UserError, first_line
+from alexnet_jax.locks import RUN_LOCK, Lock
 from alexnet_jax.parallel import make_mesh, replicated
 from alexnet_jax.state import TrainState, create_train_state
 
@@ -681,9 +682,10 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
     mesh = mesh or make_mesh()
     for attempt in range(2):
         checkpoints = Checkpoints(directory, read_only=True)
+        chosen = None
         try:
-            chosen, is_partial = _choose(checkpoints, id, partial, best)
             try:
+                chosen, is_partial = _choose(checkpoints, id, partial, best)
                 config = checkpoints.read_config(chosen, is_partial)
                 derived = derive(config)
                 abstract = abstract_train_state(config, derived)
@@ -691,12 +693,11 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
                 progress = checkpoints.read_progress(chosen) if is_partial else None
                 data = checkpoints.read_data(chosen, is_partial)
             except CorruptCheckpoint as e:
-                if (
-                    attempt == 0
-                    and id is None
-                    and not checkpoints.path(chosen, is_partial).exists()
-                ):
+                where = None if chosen is None else checkpoints.path(chosen, is_partial)
+                if attempt == 0 and id is None and _removed_meanwhile(directory, where):
                     continue  # a running training removed it (its keep policy): pick again
+                if chosen is None:
+                    raise
                 what_else = other_checkpoints(checkpoints, None if is_partial else chosen)
                 raise CorruptCheckpoint(f"{e}; {what_else}") from e
         finally:
@@ -705,6 +706,25 @@ def load_trained(ckpt: str | Path, best: bool = False, mesh: Mesh | None = None)
         path = checkpoints.path(chosen, is_partial)
         return Trained(config, state, epoch, path, history, derived, progress, data)
     raise AssertionError("unreachable")
+
+
+def _removed_meanwhile(directory: Path, checkpoint: Path | None) -> bool:
+    """Whether the checkpoint that could not be read (None: the one `_choose` looked at) was
+    being removed by the training that holds the run, so that another may be picked.
+
+    Orbax removes an old checkpoint file by file: for a moment its folder is there and cannot be
+    read. While a training holds the run, that is waited out (a second at most); without one,
+    nothing removes checkpoints, and an unreadable one is damaged.
+    """
+    if Lock.held_by_another(directory.parent / RUN_LOCK) is None:
+        return checkpoint is not None and not checkpoint.exists()
+    if checkpoint is None:
+        time.sleep(0.2)
+        return True
+    deadline = time.monotonic() + 1.0
+    while checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not checkpoint.exists()
 
 
 def other_checkpoints(checkpoints: Checkpoints, unreadable: int | None) -> str:

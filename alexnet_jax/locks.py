@@ -17,6 +17,8 @@ from pathlib import Path
 
 from alexnet_jax.errors import UserError
 
+RUN_LOCK = "train.lock"  # a training's hold on its run directory (rundir.hold)
+
 WAITING = "a process that has not yet said which"
 
 

@@ -29,10 +29,10 @@ from alexnet_jax.config import RESUMABLE_CHANGES
 from alexnet_jax.data import describe_data
 from alexnet_jax.distributed import any_process, is_primary
 from alexnet_jax.errors import UserError
-from alexnet_jax.locks import Lock, missing_folders
+from alexnet_jax.locks import RUN_LOCK, Lock, missing_folders
 from alexnet_jax.state import TrainState
 
-LOCK = "train.lock"
+LOCK = RUN_LOCK
 # Orbax's own messages: its writer threads log a traceback each when a write fails, which the
 # run's one-line error already says; they go here instead of the terminal, as does what other
 # threads print (TensorStore prints a traceback for each write cut short by the failure).

@@ -2,6 +2,7 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from alexnet_jax.checkpoint import (
 )
 from alexnet_jax.data import data_record, synthetic_dataset, training_data_from
 from alexnet_jax.errors import UserError
+from alexnet_jax.locks import RUN_LOCK, Lock
 from alexnet_jax.parallel import make_mesh
 
 from conftest import new_state, tiny_config, train_until_interrupted
@@ -342,3 +344,35 @@ def test_a_checkpoint_of_another_dataset_is_refused_and_left_alone(tiny_dataset,
         train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, tiny_dataset)
     assert (tmp_path / "mnist" / "checkpoints" / "1").is_dir()
     assert not (tmp_path / "mnist" / QUARANTINE).exists()
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_checkpoint_that_the_running_training_removes_as_it_is_read_is_picked_again(
+    tmp_path, held
+):
+    # Orbax removes an old checkpoint file by file (keep_checkpoints): for a moment its folder is
+    # there and unreadable, and eval, report, predict and export called it damaged.
+    config, run = tiny_config(), tmp_path / "mnist"
+    checkpoints = Checkpoints(run / "checkpoints")
+    for epoch in (1, 2):
+        checkpoints.save(
+            epoch, new_state(config), config, [row(e, 0.5) for e in range(1, epoch + 1)]
+        )
+        checkpoints.wait()
+    checkpoints.close()
+    training = Lock(run / RUN_LOCK)
+    if held:
+        assert training.acquire() is None  # another open file: as another process holds it
+    removing = run / "checkpoints" / "2"
+    shutil.rmtree(removing / "state")  # half removed; the rest goes a moment later
+    if not held:  # no training holds the run: nothing removes checkpoints, so it is damaged
+        with pytest.raises(CorruptCheckpoint, match=r"checkpoints/2 is unreadable"):
+            load_trained(run)
+        return
+    later = threading.Timer(0.3, shutil.rmtree, (removing,))
+    later.start()
+    try:
+        assert load_trained(run).epoch == 1
+    finally:
+        later.join()
+        training.release()
