@@ -25,6 +25,15 @@ from alexnet_jax.parallel import make_mesh
 from conftest import new_state, tiny_config, train_until_interrupted
 
 
+def save_two_epochs(directory, config, state):
+    """Complete checkpoints of epochs 1 and 2 of `state` in `directory`."""
+    checkpoints = Checkpoints(directory)
+    for epoch in (1, 2):
+        checkpoints.save(epoch, state, config, [row(e, 0.5) for e in range(1, epoch + 1)])
+    checkpoints.wait()
+    checkpoints.close()
+
+
 def row(epoch, accuracy):
     return {"epoch": epoch, "test_accuracy": accuracy}
 
@@ -263,13 +272,7 @@ def test_an_unreadable_checkpoint_ends_a_command_with_one_line_naming_the_others
     # their callbacks, and the coroutines left unfinished, printed hundreds of traceback lines
     # after the error (2026-12-07).
     config = tiny_config()
-    checkpoints = Checkpoints(tmp_path / "checkpoints")
-    for epoch in (1, 2):
-        checkpoints.save(
-            epoch, perturbed_state(config), config, [row(e, 0.5) for e in range(1, epoch + 1)]
-        )
-    checkpoints.wait()
-    checkpoints.close()
+    save_two_epochs(tmp_path / "checkpoints", config, perturbed_state(config))
     data = largest_file(tmp_path / "checkpoints" / "2" / "state")
     with open(data, "r+b") as f:
         f.truncate(data.stat().st_size // 3)
@@ -353,13 +356,7 @@ def test_a_checkpoint_that_the_running_training_removes_as_it_is_read_is_picked_
     # Orbax removes an old checkpoint file by file (keep_checkpoints): for a moment its folder is
     # there and unreadable, and eval, report, predict and export called it damaged.
     config, run = tiny_config(), tmp_path / "mnist"
-    checkpoints = Checkpoints(run / "checkpoints")
-    for epoch in (1, 2):
-        checkpoints.save(
-            epoch, new_state(config), config, [row(e, 0.5) for e in range(1, epoch + 1)]
-        )
-        checkpoints.wait()
-    checkpoints.close()
+    save_two_epochs(run / "checkpoints", config, new_state(config))
     training = Lock(run / RUN_LOCK)
     if held:
         assert training.acquire() is None  # another open file: as another process holds it
