@@ -185,13 +185,16 @@ def test_ctrl_c_during_a_long_evaluation_ends_the_command_at_once():
 def test_ctrl_c_while_a_command_imports_jax_is_one_line(tmp_path):
     # Python raised KeyboardInterrupt inside the import that ran: a traceback, or none and no
     # stop at all when it fell in one of JAX's garbage-collection callbacks.
+    command = [sys.executable, "-m", "alexnet_jax.eval", "--ckpt", str(tmp_path / "none")]
+    # Python's Ctrl-C, which a process started in the background lacks, then the command in
+    # the same process (a preexec_fn would fork this multithreaded process)
+    restored = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    restored += f"os.execv(sys.executable, {command!r})"
     process = subprocess.Popen(
-        [sys.executable, "-m", "alexnet_jax.eval", "--ckpt", str(tmp_path / "none")],
+        [sys.executable, "-c", restored],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Python's Ctrl-C, which a process started in the background lacks
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         maps = Path(f"/proc/{process.pid}/maps")
