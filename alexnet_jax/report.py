@@ -89,6 +89,13 @@ def write_report(
     evaluator = make_evaluator(config, trained.derived, mesh)
     result = evaluate(trained.state, split, evaluator, trained.derived.num_classes)
     history = artifacts.read_history(run_dir) or trained.history
+    if history and not best and history[-1]["epoch"] > trained.epoch:
+        # A training in progress, or one killed after epochs that were not yet checkpointed.
+        ahead = (
+            f"the run's metrics above reach epoch {history[-1]['epoch']}, past this checkpoint "
+            f"of epoch {trained.epoch}, whose evaluation this is"
+        )
+        note = f"{note}; {ahead}" if note else ahead[0].upper() + ahead[1:]
 
     page = render_html(
         title=f"{config.dataset}: {run_dir}",

@@ -2,6 +2,7 @@ import base64
 import errno
 import html.parser
 import io
+import json
 import os
 import re
 import shutil
@@ -119,6 +120,26 @@ def test_report_evaluates_what_training_evaluated(tiny_run, cpu_devices, tmp_pat
     assert cell(text, "test accuracy") == cell(text, "top-1 accuracy")
     assert cell(text, "test images") == "32"
     assert len(Page(text).images) == 4
+
+
+def test_a_run_whose_metrics_go_past_its_checkpoint_says_which_epoch_is_evaluated(
+    tiny_run, cpu_devices, tmp_path
+):
+    # A training in progress: metrics.jsonl has epochs its newest checkpoint does not, and the
+    # page showed the last of them as "Final metrics" beside the older checkpoint's evaluation.
+    run = tmp_path / "mnist"
+    shutil.copytree(tiny_run, run)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    later = {**json.loads(rows[-1]), "epoch": 2}
+    (run / "metrics.jsonl").write_text("\n".join([*rows, json.dumps(later)]) + "\n")
+    dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
+    text = report.write_report(run, dataset, devices=cpu_devices[:2]).read_text()
+    note = (
+        "The run&#x27;s metrics above reach epoch 2, past this checkpoint of epoch 1, whose "
+        "evaluation this is"
+    )
+    assert f'<h2>Evaluation of the test split</h2>\n<p class="note">{note}</p>' in text
+    assert cell(text, "epochs") == "2"
 
 
 def test_misclassified_examples_are_the_wrong_predictions():
