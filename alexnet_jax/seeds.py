@@ -86,11 +86,14 @@ def run_seeds(config, seeds, workdir, results=None, dataset: Dataset | None = No
     # first seed trains: a refusal of the last seed would come hours later otherwise.
     for seed in seeds:
         validate(seeded_config(config, seed))
-    # The results folder is held until its summary is written: what check_results found there
-    # stays true, and no other seeds command mixes its files in.
-    held = hold_output(results, "seeds run", "--results") if results else contextlib.nullcontext()
-    with held:
+    # The workdir and the results folder are held until the summary is written: what the
+    # checks below find stays true (a second seeds command into the workdir is refused now, not
+    # when it reaches a seed's lock after reading the data), and no other seeds command mixes
+    # its files in.
+    with contextlib.ExitStack() as held:
+        held.enter_context(hold_output(workdir, "seeds run", "--workdir"))
         if results:
+            held.enter_context(hold_output(results, "seeds run", "--results"))
             check_results(Path(results), seeds)
         for seed in seeds:
             rundir.check_ahead(run_dir_of(workdir, seed, config), seeded_config(config, seed))

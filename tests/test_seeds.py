@@ -214,3 +214,15 @@ def test_a_seeds_run_trained_on_other_data_is_refused_before_the_first_seed_trai
     ):
         seeds.run_seeds(tiny_config(num_epochs=1), [0, 1], workdir, None, tiny_dataset)
     assert not (workdir / "seed0").exists()
+
+
+def test_a_second_seeds_command_in_a_held_workdir_is_refused_before_reading_data(tmp_path):
+    # Two `seeds` on one workdir (other --results): the second read the whole training split
+    # before a seed's run lock, which the first had not taken yet, refused it.
+    workdir = tmp_path / "runs"
+    with hold_output(workdir, "seeds run", "--workdir"):
+        with pytest.raises(UserError) as refused:
+            seeds.run_seeds(tiny_config(), [0, 1], workdir, tmp_path / "results", Unread())
+    assert str(refused.value).startswith(f"{workdir} is in use by another seeds run (pid ")
+    assert str(refused.value).endswith("wait for it to end, or pass another --workdir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, no lock left
