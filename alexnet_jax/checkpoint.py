@@ -624,6 +624,15 @@ class Trained:
         return self.derived.dataset.class_names
 
     @property
+    def source_shape(self) -> tuple[int, int, int]:
+        """[H, W, C] of the images it takes (`predict`, the exports), before the model's resize
+        to `image_size`: the in-memory Dataset's training images', else TFDS's (also for a run
+        recorded before its images' shape was)."""
+        if self.in_memory and self.data.get("image_shape"):
+            return tuple(int(n) for n in self.data["image_shape"])
+        return self.derived.dataset.image_shape
+
+    @property
     def label(self) -> str:
         """What the checkpoint holds, as the commands print it."""
         if self.progress is None:

@@ -214,7 +214,9 @@ TFDS, IN_MEMORY = "tfds", "in-memory"
 
 def data_record(config, dataset: Dataset | None = None) -> dict:
     """Where a run of `config` reads its data: TFDS by name and pinned version, or the in-memory
-    `dataset` by its name, class names and split sizes. Checkpoints carry it
+    `dataset` by its name, class names, split sizes and its training images' [H, W, C], the
+    shape that `predict` and the exports give the model (`checkpoint.Trained.source_shape`; the
+    test split's may differ, `check_dataset` takes any height and width). Checkpoints carry it
     (`checkpoint.Checkpoints.save`); one without it is of a TFDS run."""
     if dataset is None:
         return {"source": TFDS, "name": config.dataset, "version": spec(config.dataset).version}
@@ -224,6 +226,7 @@ def data_record(config, dataset: Dataset | None = None) -> dict:
         "class_names": [str(name) for name in dataset.class_names],
         "train_images": len(dataset.train),
         "test_images": None if dataset.test is None else len(dataset.test),
+        "image_shape": [int(n) for n in dataset.train.images.shape[1:]],
     }
 
 

@@ -44,7 +44,13 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from alexnet_jax import train  # noqa: E402
 from alexnet_jax.config import default_config, derive  # noqa: E402
-from alexnet_jax.data import load_dataset, synthetic_dataset, training_data_from  # noqa: E402
+from alexnet_jax.data import (  # noqa: E402
+    Dataset,
+    Split,
+    load_dataset,
+    synthetic_dataset,
+    training_data_from,
+)
 from alexnet_jax.parallel import DATA_AXIS, make_mesh, replicated  # noqa: E402
 from alexnet_jax.pipeline import TrainPartitions  # noqa: E402
 from alexnet_jax.state import create_train_state  # noqa: E402
@@ -194,6 +200,27 @@ def tiny_run(tmp_path_factory, cpu_devices) -> Path:
     dataset = synthetic_dataset("mnist", train_size=64, test_size=32)
     config = tiny_config(num_epochs=1, ema_decay=0.9, eval_batch_size=128)
     train.train_and_evaluate(config, workdir, dataset, cpu_devices[:2])
+    return workdir / "mnist"
+
+
+# The source images of `odd_shaped_run`: [H, W, C], taller than wide, of neither TFDS dataset.
+ODD_SHAPE = (40, 36, 1)
+
+
+@pytest.fixture(scope="session")
+def odd_shaped_run(tmp_path_factory, cpu_devices) -> Path:
+    """A run dir of one epoch of `tiny_config` (with eval_flip) on a Dataset named "odd" of
+    ODD_SHAPE images, which `predict` and the exports take at that shape, not MNIST's 28x28.
+    Read it only."""
+    workdir = tmp_path_factory.mktemp("odd_shaped_run")
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return Split(rng.integers(0, 256, (n, *ODD_SHAPE), np.uint8), np.arange(n) % 10)
+
+    dataset = Dataset("odd", split(32), split(16), tuple(f"class {i}" for i in range(10)))
+    config = tiny_config(num_epochs=1, eval_flip=True)
+    train.train_and_evaluate(config, workdir, dataset, cpu_devices[:1])
     return workdir / "mnist"
 
 

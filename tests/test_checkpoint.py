@@ -22,7 +22,7 @@ from alexnet_jax.errors import UserError
 from alexnet_jax.locks import RUN_LOCK, Lock
 from alexnet_jax.parallel import make_mesh
 
-from conftest import new_state, tiny_config, train_until_interrupted
+from conftest import ODD_SHAPE, new_state, tiny_config, train_until_interrupted
 
 
 def save_two_epochs(directory, config, state):
@@ -143,6 +143,7 @@ def test_a_checkpoint_records_where_its_data_came_from(saved_run):
         "class_names": [f"class {i}" for i in range(10)],
         "train_images": 64,
         "test_images": 32,
+        "image_shape": [28, 28, 1],
     }
     checkpoints = Checkpoints(directory)
     checkpoints.save(2, state, config, [row(1, 0.5), row(2, 0.5)], memory)
@@ -170,6 +171,7 @@ def test_a_run_records_the_data_it_was_trained_on(tiny_run):
         "class_names": [f"class {i}" for i in range(10)],
         "train_images": 64,
         "test_images": 32,
+        "image_shape": [28, 28, 1],
     }
 
 
@@ -183,6 +185,15 @@ def test_a_model_trained_on_a_dataset_is_named_by_its_classes_and_noted(tiny_run
         on_tfds = dataclasses.replace(trained, data=tfds)
         assert not on_tfds.in_memory and in_memory_note(on_tfds, "what instead") is None
         assert on_tfds.class_names == tuple(str(i) for i in range(10))  # TFDS's MNIST's
+
+
+def test_a_model_takes_images_of_the_shape_it_was_trained_on(odd_shaped_run):
+    trained = load_trained(odd_shaped_run)
+    assert trained.data["image_shape"] == list(ODD_SHAPE) and trained.source_shape == ODD_SHAPE
+    # A record from before the shape was recorded, a TFDS run, a Trained made by hand: TFDS's.
+    older = {k: v for k, v in trained.data.items() if k != "image_shape"}
+    for data in (older, {"source": "tfds", "name": "mnist"}, None):
+        assert dataclasses.replace(trained, data=data).source_shape == (28, 28, 1)
 
 
 def test_a_run_on_tfds_records_its_name_and_version(
