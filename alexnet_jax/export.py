@@ -72,10 +72,10 @@ def export(
     The manifest goes last, so that a folder that has one is complete. Returns the manifest.
     `shown` is the folder that errors name, when `out` is a staging folder beside it.
     """
-    config, dataset = trained.config, trained.derived.dataset
+    config, shape = trained.config, trained.source_shape
     logits, names, weights = logits_function(trained)
     (batch,) = jax.export.symbolic_shape("batch")
-    images = jax.ShapeDtypeStruct((batch, *dataset.image_shape), jnp.uint8)
+    images = jax.ShapeDtypeStruct((batch, *shape), jnp.uint8)
     weight_specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
     function = jax.export.export(jax.jit(logits), platforms=platforms)(weight_specs, images)
 
@@ -93,7 +93,7 @@ def export(
         "format": exported.FORMAT,
         "format_version": exported.FORMAT_VERSION,
         "dataset": config.dataset,
-        "input": {"shape": [None, *dataset.image_shape], "dtype": "uint8"},
+        "input": {"shape": [None, *shape], "dtype": "uint8"},
         "output": "logits",
         "class_names": list(trained.class_names),  # the run's own, when it had a Dataset
         "image_size": config.image_size,
@@ -138,8 +138,7 @@ def export_onnx(trained: checkpoint.Trained, path: Path) -> None:
             f"--onnx needs jax2onnx ({e}): install the extra, pip install -e '.[onnx]'"
         ) from e
     logits, _, weights = logits_function(trained)
-    dataset = trained.derived.dataset
-    shape = jax.export.symbolic_shape(f"batch, {', '.join(map(str, dataset.image_shape))}")
+    shape = jax.export.symbolic_shape(f"batch, {', '.join(map(str, trained.source_shape))}")
     with _quiet("jax2onnx", "onnx_ir"):
         model = to_onnx(
             lambda images: logits(weights, images),
@@ -181,9 +180,7 @@ def check_export(trained: checkpoint.Trained, out: Path, onnx: bool) -> dict[str
     of the logits).
     """
     logits, _, weights = logits_function(trained)
-    images = np.random.default_rng(0).integers(
-        0, 256, (3, *trained.derived.dataset.image_shape), np.uint8
-    )
+    images = np.random.default_rng(0).integers(0, 256, (3, *trained.source_shape), np.uint8)
     live = np.asarray(jax.jit(logits)(weights, images))
     outputs = {"jax": exported.load(out)(images)}
     if onnx:

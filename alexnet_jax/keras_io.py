@@ -715,6 +715,7 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
             config.dropout_rate,
             flip=config.eval_flip,
             shift=config.eval_shift,
+            image_shape=trained.source_shape,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         # Written beside under a name of its own and linked into place, so that a failed export
@@ -747,7 +748,7 @@ def export_model(ckpt: str | Path, out: str | Path, best: bool = False, say=prin
     if note:
         print(note, file=sys.stderr)
 
-    shape = "x".join(map(str, trained.derived.dataset.image_shape))
+    shape = "x".join(map(str, trained.source_shape))
     averaged = " (the moving average of its weights)" if trained.state.ema is not None else ""
     say(f"exported {config.dataset}, epoch {trained.epoch} of {trained.path.parent}{averaged}")
     classes = trained.derived.num_classes
@@ -793,9 +794,7 @@ def check_export(trained: checkpoint.Trained, path: Path) -> float:
     Returns the largest difference; raises when it is more than float32 rounding allows.
     """
     keras = _keras_model().keras
-    images = np.random.default_rng(0).integers(
-        0, 256, (3, *trained.derived.dataset.image_shape), np.uint8
-    )
+    images = np.random.default_rng(0).integers(0, 256, (3, *trained.source_shape), np.uint8)
     ours = logits(trained, images)
     theirs = np.asarray(keras.saving.load_model(path, safe_mode=True).predict(images, verbose=0))
     difference = float(np.abs(theirs - ours).max())

@@ -124,8 +124,11 @@ def inference_model(
     dropout_rate: float = 0.5,
     flip: bool = False,
     shift: int = 0,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> keras.Model:
-    """uint8 images of the dataset's shape -> logits, as alexnet_jax evaluates them.
+    """uint8 images of `image_shape` [H, W, C] (default: the TFDS dataset's; a run trained on a
+    Dataset of its own passes its images', `checkpoint.Trained.source_shape`) -> logits, as
+    alexnet_jax evaluates them.
 
     Rescaling(1/255), Resizing (bilinear) to `image_size` and Normalization by the dataset's
     per-channel mean and std come first, in alexnet_jax's order, then the seed's layers with
@@ -134,13 +137,20 @@ def inference_model(
     nested in one that runs it on each view and combines them as evaluation does
     (`views_model`); with none, it is the whole model.
     """
-    single = _single_view_model(dataset, image_size, variables, dropout_rate)
+    image_shape = tuple(image_shape or DATASETS[dataset].image_shape)
+    single = _single_view_model(dataset, image_size, variables, dropout_rate, image_shape)
     if len(views(flip, shift)) == 1:
         return single
-    return views_model(single, dataset, flip, shift)
+    return views_model(single, dataset, flip, shift, image_shape)
 
 
-def views_model(single: keras.Model, dataset: str, flip: bool, shift: int) -> keras.Model:
+def views_model(
+    single: keras.Model,
+    dataset: str,
+    flip: bool,
+    shift: int,
+    image_shape: tuple[int, int, int] | None = None,
+) -> keras.Model:
     """`single` (uint8 images -> logits) on each of evaluation's test-time views, combined as
     `evaluation.combined_logits` does: logits whose softmax is the mean of the views'.
 
@@ -153,8 +163,9 @@ def views_model(single: keras.Model, dataset: str, flip: bool, shift: int) -> ke
     """
     layers = keras.layers
     data = DATASETS[dataset]
-    height, width, _ = data.image_shape
-    images = keras.Input(data.image_shape, dtype="uint8", name="images")
+    image_shape = tuple(image_shape or data.image_shape)
+    height, width, _ = image_shape
+    images = keras.Input(image_shape, dtype="uint8", name="images")
     mirrored = None
     if flip:
         columns = [
@@ -203,13 +214,17 @@ def views_model(single: keras.Model, dataset: str, flip: bool, shift: int) -> ke
 
 
 def _single_view_model(
-    dataset: str, image_size: int, variables: dict, dropout_rate: float
+    dataset: str,
+    image_size: int,
+    variables: dict,
+    dropout_rate: float,
+    image_shape: tuple[int, int, int],
 ) -> keras.Sequential:
     data = DATASETS[dataset]
     layers = keras.layers
-    front = [keras.Input(data.image_shape, dtype="uint8", name="images")]
+    front = [keras.Input(image_shape, dtype="uint8", name="images")]
     front.append(layers.Rescaling(1 / 255, name="rescaling"))
-    if data.image_shape[:2] != (image_size, image_size):
+    if tuple(image_shape[:2]) != (image_size, image_size):
         front.append(layers.Resizing(image_size, image_size, "bilinear", name="resizing"))
     front += [
         layers.Normalization(

@@ -223,7 +223,7 @@ def predict_files(
     trained: checkpoint.Trained, inputs: Sequence[str], top_k: int = 3, max_batch: int = 64
 ) -> list[Prediction]:
     """Classify the image files that `inputs` name; failures are recorded per file."""
-    shape = trained.derived.dataset.image_shape
+    shape = trained.source_shape
     entries = expand_inputs(inputs)
     images = []
     for entry in entries:

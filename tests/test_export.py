@@ -15,7 +15,7 @@ from alexnet_jax.data import spec
 from alexnet_jax.locks import hold_output
 from alexnet_jax.parallel import make_mesh
 
-from conftest import tmpfs
+from conftest import ODD_SHAPE, tmpfs
 
 # The exported function is the live model's XLA program, run from StableHLO; on the CPU both give
 # the same float32 logits up to reassociation.
@@ -339,3 +339,19 @@ def test_export_takes_a_new_or_empty_folder_or_an_earlier_export(tmp_path):
         export.check_replaceable(out)  # raises for any other folder (the test above)
     assert export.earlier_export_files(with_onnx) == set(export.EXPORT_FILES)
     assert export.earlier_export_files(earlier) == set(export.EXPORT_FILES) - {export.ONNX}
+
+
+def test_a_run_on_a_datasets_own_shape_is_exported_for_images_of_that_shape(
+    odd_shaped_run, cpu_devices, tmp_path
+):
+    """The function, the manifest and the check take the 40x36 images the run trained on
+    (conftest's ODD_SHAPE), not MNIST's 28x28."""
+    trained = checkpoint.load_trained(odd_shaped_run, mesh=make_mesh(cpu_devices[:1]))
+    manifest, differences = export.export_checked(trained, tmp_path / "e", ("cpu",))
+    assert manifest["input"] == {"shape": [None, *ODD_SHAPE], "dtype": "uint8"}
+    assert set(differences) == {"jax"}  # on such images, against the live model
+    model = exported.load(tmp_path / "e")
+    images = np.random.default_rng(1).integers(0, 256, (2, *ODD_SHAPE), np.uint8)
+    assert model(images).shape == (2, 10) and np.isfinite(model(images)).all()
+    with pytest.raises(ValueError, match=r"expected uint8 images \[batch, 40, 36, 1\]"):
+        model(random_images(2))

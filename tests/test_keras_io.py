@@ -28,7 +28,7 @@ from alexnet_jax.model import STEMS, AlexNet
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.state import inference_variables
 
-from conftest import tmpfs
+from conftest import ODD_SHAPE, tmpfs
 
 keras = keras_model.keras
 
@@ -627,3 +627,15 @@ def test_the_keras_export_of_a_run_trained_on_a_dataset_names_its_classes(
         "file holds no class names: its 10 outputs are its classes, in order (class 0, class 1, "
         "class 2 and 7 more)\n"
     )
+
+
+def test_the_keras_export_of_a_run_on_a_datasets_own_shape_takes_that_shape(
+    odd_shaped_run, tmp_path
+):
+    """The model's input is the 40x36 images the run trained on (conftest's ODD_SHAPE), not
+    MNIST's 28x28; export_model checks its logits on such images, over the run's two views."""
+    said = []
+    out, _ = keras_io.export_model(odd_shaped_run, tmp_path / "m.keras", say=said.append)
+    model = keras_io._keras_model().keras.saving.load_model(out, safe_mode=True)
+    assert tuple(model.input_shape) == (None, *ODD_SHAPE)
+    assert any("uint8 [batch, 40x36x1] -> logits [batch, 10]" in line for line in said)

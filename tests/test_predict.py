@@ -11,6 +11,8 @@ from alexnet_jax import checkpoint, evaluation, predict
 from alexnet_jax.data import Split
 from alexnet_jax.parallel import make_mesh
 
+from conftest import ODD_SHAPE
+
 MNIST_SHAPE = (28, 28, 1)
 CIFAR10_SHAPE = (32, 32, 3)
 
@@ -320,3 +322,23 @@ def test_prediction_uses_the_moving_average(trained):
     as_trained = evaluation.class_probabilities(trained.state.replace(ema=None), images, **options)
     np.testing.assert_allclose(probabilities, averaged, rtol=1e-5, atol=1e-7)
     assert np.abs(probabilities - as_trained).max() > 1e-4
+
+
+def test_a_model_trained_on_a_datasets_own_shape_takes_files_at_that_shape(
+    odd_shaped_run, cpu_devices, tmp_path, monkeypatch
+):
+    """Files are made into the 40x36 images the run trained on (conftest's ODD_SHAPE), not into
+    MNIST's 28x28: a 45x50 file keeps its aspect ratio."""
+    trained = checkpoint.load_trained(odd_shaped_run, mesh=make_mesh(cpu_devices[:1]))
+    fed = []
+    make_classifier = predict.make_classifier
+
+    def recording(trained, max_batch):
+        classify = make_classifier(trained, max_batch)
+        return lambda images: fed.append(images.shape) or classify(images)
+
+    monkeypatch.setattr(predict, "make_classifier", recording)
+    image = save(np.zeros((50, 45), np.uint8), tmp_path / "tall.png")
+    (prediction,) = predict.predict_files(trained, [image])
+    assert prediction.error is None and prediction.conversions == ["resized 45x50 to 36x40"]
+    assert fed == [(1, *ODD_SHAPE)]
