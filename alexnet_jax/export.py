@@ -1,6 +1,6 @@
 """Export a trained model for inference: `python -m alexnet_jax.export --ckpt runs/mnist --out DIR`.
 
-DIR receives the inference function (uint8 images of the dataset's size -> logits, the
+DIR receives the inference function (uint8 images of the run's source size -> logits, the
 preprocessing included) serialized with `jax.export` as StableHLO for any batch size, its weights
 as .npz and a manifest. `alexnet_jax.exported` runs it without the model code or the config.
 DIR is new, empty or an earlier export, which this one replaces; any other folder is refused,

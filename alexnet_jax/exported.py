@@ -49,7 +49,7 @@ class Predictor:
         self._call = jax.jit(function.call)
 
     def __call__(self, images) -> np.ndarray:
-        """Logits [B, classes] of uint8 images [B, H, W, C] at the dataset's size."""
+        """Logits [B, classes] of uint8 images [B, H, W, C] of the manifest's input shape."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.input_shape:
             expected = "x".join(map(str, self.input_shape))

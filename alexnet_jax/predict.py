@@ -92,7 +92,8 @@ def open_quietly(path: str | Path):
 
 
 def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
-    """Decode a file into uint8 [H, W, C] of the dataset's `shape`, and say what was converted.
+    """Decode a file into uint8 [H, W, C] of `shape` (the run's source images'), and say what
+    was converted.
 
     Transparency is flattened onto black (MNIST's background); colours are never inverted, so an
     MNIST input should be a light digit on a dark ground, like the dataset.
