@@ -134,17 +134,21 @@ def saved_run(tmp_path):
     return tmp_path, config, state
 
 
+# The record of a run on `synthetic_dataset("mnist", 64, 32)` (tests/conftest.py's tiny_run).
+SYNTHETIC_MNIST_RECORD = {
+    "source": "in-memory",
+    "name": "mnist",
+    "class_names": [f"class {i}" for i in range(10)],
+    "train_images": 64,
+    "test_images": 32,
+    "image_shape": [28, 28, 1],
+}
+
+
 def test_a_checkpoint_records_where_its_data_came_from(saved_run):
     directory, config, state = saved_run  # epoch 1, saved without a record, as before it
     memory = data_record(config, synthetic_dataset("mnist", 64, 32))
-    assert memory == {
-        "source": "in-memory",
-        "name": "mnist",
-        "class_names": [f"class {i}" for i in range(10)],
-        "train_images": 64,
-        "test_images": 32,
-        "image_shape": [28, 28, 1],
-    }
+    assert memory == SYNTHETIC_MNIST_RECORD
     checkpoints = Checkpoints(directory)
     checkpoints.save(2, state, config, [row(1, 0.5), row(2, 0.5)], memory)
     progress = {"epoch": 3, "steps_done": 1, "steps_per_epoch": 4, "totals": {}}
@@ -165,14 +169,7 @@ def test_a_checkpoint_records_where_its_data_came_from(saved_run):
 
 def test_a_run_records_the_data_it_was_trained_on(tiny_run):
     # tests/conftest.py trains it on 64 + 32 synthetic images of a Dataset named "mnist".
-    assert load_trained(tiny_run).data == {
-        "source": "in-memory",
-        "name": "mnist",
-        "class_names": [f"class {i}" for i in range(10)],
-        "train_images": 64,
-        "test_images": 32,
-        "image_shape": [28, 28, 1],
-    }
+    assert load_trained(tiny_run).data == SYNTHETIC_MNIST_RECORD
 
 
 def test_a_model_trained_on_a_dataset_is_named_by_its_classes_and_noted(tiny_run):

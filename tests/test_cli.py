@@ -164,22 +164,28 @@ def test_ctrl_c_during_a_long_evaluation_ends_the_command_at_once():
         "    wait_for(logits)\n"
         "cli(evaluate)()\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", program],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+
+    def evaluating(process):
         assert process.stdout.readline() == "evaluating\n"
         time.sleep(0.5)
+
+    returncode, err = interrupted([sys.executable, "-c", program], evaluating)
+    assert returncode == 130 and err == "error: stopped by SIGINT\n", err[-2000:]
+
+
+def interrupted(command: list[str], wait_until) -> tuple[int, str]:
+    """Start `command`, send it SIGINT once `wait_until(process)` returns: its status and
+    standard error."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(process)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130 and err == "error: stopped by SIGINT\n", err[-2000:]
+    return process.returncode, err
 
 
 def test_ctrl_c_while_a_command_imports_jax_is_one_line(tmp_path):
@@ -190,23 +196,14 @@ def test_ctrl_c_while_a_command_imports_jax_is_one_line(tmp_path):
     # the same process (a preexec_fn would fork this multithreaded process)
     restored = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     restored += f"os.execv(sys.executable, {command!r})"
-    process = subprocess.Popen(
-        [sys.executable, "-c", restored],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+
+    def jax_loading(process):
         maps = Path(f"/proc/{process.pid}/maps")
         while process.poll() is None and "jaxlib/_jax" not in maps.read_text():
             time.sleep(0.001)  # until JAX's library is loaded: its import, and others, go on
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 130 and err == "error: stopped by SIGINT\n", err[-2000:]
+
+    returncode, err = interrupted([sys.executable, "-c", restored], jax_loading)
+    assert returncode == 130 and err == "error: stopped by SIGINT\n", err[-2000:]
 
 
 def test_other_errors_of_xla_keep_their_traceback():
