@@ -83,21 +83,21 @@ def check_ahead(run_dir: Path, config: ml_collections.ConfigDict) -> None:
     holder = Lock.held_by_another(run_dir / LOCK)
     if holder is not None:
         raise in_use(run_dir, holder)
-    if (run_dir / CHECKPOINTS).exists():
-        checkpoints = Checkpoints(run_dir / CHECKPOINTS, read_only=True)
-        try:
-            check_settings(checkpoints, config)
-        finally:
-            checkpoints.close()
+    _check_saved(run_dir, lambda checkpoints: check_settings(checkpoints, config))
 
 
 def check_data_ahead(run_dir: Path, data: dict) -> None:
     """Refuse now what `check_data` would refuse in `run_dir`, as `check_ahead` does (after it:
     the Dataset is checked in between)."""
+    _check_saved(run_dir, lambda checkpoints: check_data(checkpoints, data))
+
+
+def _check_saved(run_dir: Path, check) -> None:
+    """`check(checkpoints)` on the run's checkpoints, opened read-only, if it has any."""
     if (run_dir / CHECKPOINTS).exists():
         checkpoints = Checkpoints(run_dir / CHECKPOINTS, read_only=True)
         try:
-            check_data(checkpoints, data)
+            check(checkpoints)
         finally:
             checkpoints.close()
 
